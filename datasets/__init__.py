@@ -1,0 +1,11 @@
+"""Benchmarks, the folder layout, class order and task split, transforms, synthetic data."""
+from .benchmarks import BENCHMARKS, Benchmark, BenchmarkSpec, build_benchmark, check_folder_root, register_benchmark
+from .folder import BadImageError, DataError, FolderImageSet, ImageSet, Repeated, TaskDataset
+from .synthetic import SyntheticImageSet, class_images
+from .tasks import class_order, split_tasks
+
+__all__ = [
+    "BENCHMARKS", "BadImageError", "Benchmark", "BenchmarkSpec", "DataError", "FolderImageSet",
+    "ImageSet", "Repeated", "SyntheticImageSet", "TaskDataset", "build_benchmark",
+    "check_folder_root", "class_images", "class_order", "register_benchmark", "split_tasks",
+]

@@ -1,0 +1,161 @@
+"""Benchmarks registered by name: where the images come from, how many classes, which
+transforms. ``build_benchmark(dataset_cfg, ...)`` checks the data and returns a
+:class:`Benchmark` that serves task datasets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from . import transforms as tf
+from .folder import DataError, FolderImageSet, ImageSet, TaskDataset, list_class_dirs, list_images
+from .synthetic import SyntheticImageSet
+from .tasks import class_order, split_tasks
+
+
+@dataclass
+class Benchmark:
+    """The two splits of a benchmark, its class names (index = class id) and transforms."""
+
+    name: str
+    classes: list[str]
+    train: ImageSet
+    val: ImageSet
+    train_transform: Callable
+    eval_transform: Callable
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def tasks(self, num_tasks: int, seed: int, shuffle: bool = True) -> list[list[int]]:
+        """Class ids of each task (DESIGN.md: PCG64(seed) permutation, equal chunks)."""
+        return split_tasks(class_order(self.num_classes, seed, shuffle), num_tasks)
+
+    def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
+                     transform: Optional[Callable] = None) -> TaskDataset:
+        images = self.train if split == "train" else self.val
+        if transform is None:
+            transform = self.train_transform if split == "train" else self.eval_transform
+        return TaskDataset(images, classes, label_offset, transform)
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    name: str
+    num_classes: Optional[int]  # expected class count; None = any
+    build: Callable[..., Benchmark]
+    prepare_hint: str  # how to produce the data layout
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {}
+
+
+def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
+    if spec.name in BENCHMARKS:
+        raise KeyError(f"benchmark {spec.name!r} registered twice")
+    BENCHMARKS[spec.name] = spec
+    return spec
+
+
+def check_folder_root(root: Optional[str], name: str, expected: Optional[int], num_tasks: int,
+                      hint: str) -> list[str]:
+    """Validate ``root/train/<class>/`` and ``root/val/<class>/``; return the sorted classes."""
+    fix = f" {hint}" if hint else ""
+    if not root:
+        raise DataError(f"dataset.root is not set for benchmark '{name}': pass --set "
+                        f"dataset.root=DIR (a folder with train/<class>/ and val/<class>/).{fix}")
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"dataset root {base} does not exist.{fix}")
+    missing = [s for s in ("train", "val") if not (base / s).is_dir()]
+    if missing:
+        raise DataError(f"dataset root {base} has no {' or '.join(m + '/' for m in missing)} "
+                        f"folder: expected {base}/train/<class>/ and {base}/val/<class>/.{fix}")
+    train_classes = list_class_dirs(base / "train")
+    val_classes = list_class_dirs(base / "val")
+    if train_classes != val_classes:
+        only_t = sorted(set(train_classes) - set(val_classes))
+        only_v = sorted(set(val_classes) - set(train_classes))
+        raise DataError(f"dataset root {base}: train/ and val/ hold different classes "
+                        f"(only in train: {only_t[:5]}{' ...' if len(only_t) > 5 else ''}; "
+                        f"only in val: {only_v[:5]}{' ...' if len(only_v) > 5 else ''}).{fix}")
+    if not train_classes:
+        raise DataError(f"dataset root {base}: train/ holds no class folders.{fix}")
+    if expected is not None and len(train_classes) != expected:
+        raise DataError(f"dataset root {base} has {len(train_classes)} classes, benchmark "
+                        f"'{name}' has {expected}.{fix}")
+    if len(train_classes) % num_tasks:
+        raise DataError(f"dataset.num_tasks = {num_tasks} does not divide the {len(train_classes)} "
+                        f"classes of {base}; pick a divisor")
+    for split in ("train", "val"):
+        empty = [c for c in train_classes if not list_images(base / split / c)]
+        if empty:
+            raise DataError(f"dataset root {base}: {len(empty)} empty class folder(s) in {split}/, "
+                            f"e.g. {split}/{empty[0]}/ (no image files).{fix}")
+    return train_classes
+
+
+def _folder_builder(policy: str, crop_interp: str, eval_mode: str, expected: Optional[int],
+                    hint: str) -> Callable[..., Benchmark]:
+    def build(cfg, img_size: int, num_tasks: int, mean: Sequence[float], std: Sequence[float],
+              name: str) -> Benchmark:
+        classes = check_folder_root(cfg.root, name, expected, num_tasks, hint)
+        root = Path(cfg.root).expanduser()
+        return Benchmark(
+            name=name, classes=classes,
+            train=FolderImageSet(root / "train", classes, "train"),
+            val=FolderImageSet(root / "val", classes, "val"),
+            train_transform=tf.train_transform(img_size, policy, crop_interp, mean, std),
+            eval_transform=tf.eval_transform(img_size, eval_mode, mean, std),
+        )
+    return build
+
+
+def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
+                     std: Sequence[float], name: str) -> Benchmark:
+    s = cfg.synthetic
+    if s.num_classes % num_tasks:
+        raise DataError(f"dataset.num_tasks = {num_tasks} does not divide "
+                        f"dataset.synthetic.num_classes = {s.num_classes}")
+    return Benchmark(
+        name=name, classes=[f"synthetic_{s.class_offset + c}" for c in range(s.num_classes)],
+        train=SyntheticImageSet(s.num_classes, s.train_per_class, s.image_size, s.seed,
+                                s.class_offset, "train"),
+        val=SyntheticImageSet(s.num_classes, s.val_per_class, s.image_size, s.seed,
+                              s.class_offset, "val"),
+        train_transform=tf.tensor_train_transform(img_size, mean, std),
+        eval_transform=tf.tensor_eval_transform(img_size, mean, std),
+    )
+
+
+register_benchmark(BenchmarkSpec(
+    "folder", None, _folder_builder("imagenet", "bilinear", "center_crop", None, ""),
+    "any dataset in the ROOT/train/<class>/, ROOT/val/<class>/ layout"))
+register_benchmark(BenchmarkSpec(
+    "cifar100", 100, _folder_builder("cifar10", "bicubic", "resize", 100,
+                                     "Prepare it with: python tools/split_cifar100.py --src "
+                                     "cifar-100-python.tar.gz --dst DIR"),
+    "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst DIR"))
+register_benchmark(BenchmarkSpec(
+    "imagenet_r", 200, _folder_builder("imagenet", "bilinear", "center_crop", 200,
+                                       "Prepare it with: python tools/split_imagenet_r.py --src "
+                                       "imagenet-r.tar --dst DIR [--train-list F --val-list F]"),
+    "python tools/split_imagenet_r.py --src imagenet-r.tar --dst DIR"))
+register_benchmark(BenchmarkSpec(
+    "domainnet", 200, _folder_builder("imagenet", "bilinear", "center_crop", 200,
+                                      "Prepare it with: python tools/split_domainnet.py --src "
+                                      "DOMAINNET_ROOT --dst DIR --train-list F --val-list F"),
+    "python tools/split_domainnet.py --src DOMAINNET_ROOT --dst DIR --train-list F --val-list F"))
+register_benchmark(BenchmarkSpec("synthetic", None, _build_synthetic, "generated in memory"))
+
+
+def build_benchmark(cfg, img_size: int, mean: Sequence[float] = (0.5, 0.5, 0.5),
+                    std: Sequence[float] = (0.5, 0.5, 0.5)) -> Benchmark:
+    """Check and build the benchmark named by ``cfg.name`` (a DatasetConfig)."""
+    spec = BENCHMARKS.get(cfg.name)
+    if spec is None:
+        raise DataError(f"unknown benchmark dataset.name = {cfg.name!r}; known: "
+                        f"{', '.join(sorted(BENCHMARKS))}")
+    return spec.build(cfg, img_size=img_size, num_tasks=cfg.num_tasks, mean=mean, std=std,
+                      name=cfg.name)

@@ -1,0 +1,109 @@
+"""Image sets over the ``ROOT/train/<class>/<image>``, ``ROOT/val/<class>/<image>`` layout,
+and the task views (subset of classes, remapped labels, a transform) the engine loads."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+class DataError(RuntimeError):
+    """Missing or malformed data. The message names the path and the fix."""
+
+
+class BadImageError(DataError):
+    """An image file that cannot be decoded."""
+
+
+def list_class_dirs(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+
+
+def list_images(class_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(class_dir)
+                  if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith("."))
+
+
+class ImageSet:
+    """A split of a benchmark: ``targets[i]`` is the class id of sample i; ``load(i)`` its image."""
+
+    split: str
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"sample {index}"
+
+
+class FolderImageSet(ImageSet):
+    """``root/<class>/<image>`` with class ids given by ``classes`` (sorted folder names)."""
+
+    def __init__(self, root: str | Path, classes: Sequence[str], split: str) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.paths: list[str] = []
+        self.targets = []
+        for cid, name in enumerate(classes):
+            for fname in list_images(self.root / name):
+                self.paths.append(os.path.join(name, fname))
+                self.targets.append(cid)
+
+    def describe(self, index: int) -> str:
+        return str(self.root / self.paths[index])
+
+    def load(self, index: int) -> Image.Image:
+        path = self.root / self.paths[index]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+            raise BadImageError(f"cannot read image {path} ({self.split} split): "
+                                f"{type(exc).__name__}: {exc}") from None
+
+
+class TaskDataset(Dataset):
+    """The samples of ``classes`` from an image set, labelled ``label_offset + position``."""
+
+    def __init__(self, images: ImageSet, classes: Sequence[int], label_offset: int,
+                 transform: Optional[Callable] = None) -> None:
+        pos = {c: j for j, c in enumerate(classes)}
+        self.images = images
+        self.transform = transform
+        self.indices = [i for i, c in enumerate(images.targets) if c in pos]
+        self.labels = [label_offset + pos[images.targets[i]] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img = self.images.load(self.indices[i])
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.labels[i]
+
+
+class Repeated(Dataset):
+    """A dataset repeated ``times`` times (item i is item i mod len): expand_times."""
+
+    def __init__(self, dataset: Dataset, times: int) -> None:
+        self.dataset = dataset
+        self.times = times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, i: int):
+        return self.dataset[i % len(self.dataset)]

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Run one SplitLoRA experiment from a YAML config.
+
+    python main.py                                   # the demo (configs/demo.yaml), CPU, ~2 min
+    python main.py --config configs/imagenet_r_10.yaml --set dataset.root=/data/imagenet-r
+    python main.py --config FILE --set train.epochs=3 --set method.name=seq_lora --output DIR
+
+Outputs go to runs/<config name>/seed<seed>/ unless --output is given.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run one continual-learning experiment.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+                   help="YAML config (default: configs/demo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--output", default=None, help="run directory (default runs/<name>/seed<seed>)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's)")
+    p.add_argument("--force", action="store_true",
+                   help="run even if the run directory holds results of a different config")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from splitlora.cli import run_cli
+    return run_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

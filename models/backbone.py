@@ -1,0 +1,129 @@
+"""Build a timm Vision Transformer backbone (classifier removed) and load its weights safely."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import timm
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be found, read or matched to the model."""
+
+
+def file_sha256(path: str | Path, limit: Optional[int] = None) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:limit] if limit else h.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read weights without executing pickled code: safetensors, or torch.load(weights_only=True).
+
+    Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
+        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. "
+                           "Is it a complete .safetensors or torch state-dict file?") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into a timm ViT, ignoring classifier keys, strictly otherwise."""
+    state = read_state_dict(path)
+    filter_fn = getattr(timm.models.vision_transformer, "checkpoint_filter_fn", None)
+    if filter_fn is not None and isinstance(model, timm.models.vision_transformer.VisionTransformer):
+        try:  # converts layouts and resamples position embeddings to the model's grid
+            state = filter_fn(state, model)
+        except Exception as exc:  # noqa: BLE001
+            raise WeightsError(f"weights file {path} does not fit model "
+                               f"{type(model).__name__}: {exc}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.startswith("head."))
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                        for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", mismatched)):
+            if keys:
+                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:5])}"
+                             + (" ..." if len(keys) > 5 else ""))
+        raise WeightsError(f"weights file {path} does not match the configured model: "
+                           + "; ".join(parts) + ". Check model.name and model.kwargs.")
+    model.load_state_dict(state, strict=False)
+
+
+def expected_weights_name(model_name: str) -> str:
+    """What to download for a hub model (for error messages)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(model_name)
+    except Exception:  # noqa: BLE001
+        cfg = None
+    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub:
+        return f"https://huggingface.co/{hub} (file model.safetensors)"
+    return "the timm weights of this model"
+
+
+def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optional[str] = None,
+                    img_size: int = 224, fused_attn: bool = True,
+                    kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
+    """A timm ViT with its classifier removed (``num_classes=0``); features = pooled tokens.
+
+    Weights: ``pretrained_file`` when given, else the hub when ``pretrained``, else random.
+    """
+    extra = dict(kwargs or {})
+    extra.update(num_classes=0)
+    if "img_size" not in extra:
+        extra["img_size"] = img_size
+    use_hub = pretrained and not pretrained_file
+    try:
+        model = timm.create_model(name, pretrained=use_hub, **extra)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise WeightsError(f"unknown timm model '{name}' (model.name); list them with "
+                               "timm.list_models('vit_*')") from None
+        raise
+    except (OSError, ValueError, ConnectionError) as exc:
+        if not use_hub:
+            raise
+        raise WeightsError(
+            f"could not download pretrained weights for '{name}' ({type(exc).__name__}: {exc}). "
+            f"On a machine with internet fetch {expected_weights_name(name)}, copy it here and set "
+            "model.pretrained_file=/path/to/model.safetensors (or model.pretrained=false for "
+            "random weights).") from None
+    if pretrained_file:
+        load_backbone_weights(model, pretrained_file)
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise WeightsError(f"timm model '{name}' has no transformer blocks; use a ViT")
+    for block in blocks:
+        attn = getattr(block, "attn", None)
+        if attn is not None and hasattr(attn, "fused_attn"):
+            attn.fused_attn = fused_attn
+    return model

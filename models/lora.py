@@ -1,0 +1,135 @@
+"""LoRA on slices of a fused qkv projection, wrapping timm's ``attn.qkv`` Linear.
+
+The wrapper keeps the original Linear as ``base_layer`` (as peft's LoRA Linear does) and
+adds, for each target slice s in (q, k, v), the current task's update B_s A_s with scale 1.
+A is frozen by default, B starts at zero and trains. ``merge()`` folds B A into the base
+weight for good, so finished tasks cost nothing at forward time.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SLICES = ("q", "k", "v")
+
+
+class LoRAQKV(nn.Module):
+    """``base_layer(x)`` plus a rank-r update on the target slices of its output.
+
+    Shapes: base_layer is Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r).
+    """
+
+    def __init__(self, base_layer: nn.Linear, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear):
+            raise TypeError(f"expected an nn.Linear qkv projection, got {type(base_layer).__name__}")
+        if base_layer.out_features % 3:
+            raise ValueError(f"qkv out_features {base_layer.out_features} is not divisible by 3")
+        unknown = [t for t in targets if t not in SLICES]
+        if unknown or not targets:
+            raise ValueError(f"LoRA targets must be among {SLICES}, got {list(targets)}")
+        self.base_layer = base_layer
+        self.targets = tuple(targets)
+        self.rank = rank
+        self.in_features = base_layer.in_features
+        self.width = base_layer.out_features // 3
+        w = base_layer.weight
+        n = len(self.targets)
+        self.lora_A = nn.Parameter(torch.zeros(n, rank, self.in_features, dtype=w.dtype, device=w.device),
+                                   requires_grad=False)
+        self.lora_B = nn.Parameter(torch.zeros(n, self.width, rank, dtype=w.dtype, device=w.device))
+        self.active = False  # False: no adapter (before the first task, or just merged)
+
+    def slice_rows(self, target: str) -> slice:
+        i = SLICES.index(target)
+        return slice(i * self.width, (i + 1) * self.width)
+
+    def delta_weight(self) -> Tensor:
+        """(3w, d) update of the fused weight implied by the current adapter."""
+        dw = torch.zeros_like(self.base_layer.weight)
+        for i, t in enumerate(self.targets):
+            dw[self.slice_rows(t)] = self.lora_B[i] @ self.lora_A[i]
+        return dw
+
+    def _stacked_B(self) -> Tensor:
+        """(3w, n r): B of each target placed at its slice rows and its rank columns."""
+        n, w, r = self.lora_B.shape
+        blocks = []
+        for s in SLICES:
+            if s in self.targets:
+                i = self.targets.index(s)
+                row = [self.lora_B.new_zeros(w, i * r), self.lora_B[i],
+                       self.lora_B.new_zeros(w, (n - 1 - i) * r)]
+                blocks.append(torch.cat(row, dim=1))
+            else:
+                blocks.append(self.lora_B.new_zeros(w, n * r))
+        return torch.cat(blocks, dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base_layer(x)
+        if not self.active:
+            return out
+        a = self.lora_A.reshape(-1, self.in_features)  # (n r, d): one matmul for all targets
+        z = F.linear(x, a)
+        return out + F.linear(z, self._stacked_B())
+
+    @torch.no_grad()
+    def set_adapter(self, a: Tensor | Sequence[Tensor]) -> None:
+        """Start a new task's adapter: A given (n_targets, r, d) or one (r, d) per target; B = 0."""
+        if not isinstance(a, Tensor):
+            a = torch.stack(list(a))
+        if tuple(a.shape) != tuple(self.lora_A.shape):
+            raise ValueError(f"A has shape {tuple(a.shape)}, expected {tuple(self.lora_A.shape)}")
+        self.lora_A.copy_(a)
+        self.lora_B.zero_()
+        self.active = True
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W <- W + B A for every target slice, then deactivate the adapter (B reset to 0)."""
+        if self.active:
+            w = self.base_layer.weight
+            for i, t in enumerate(self.targets):
+                upd = self.lora_B[i].to(torch.float32) @ self.lora_A[i].to(torch.float32)
+                w[self.slice_rows(t)] += upd.to(w.dtype)
+            self.lora_B.zero_()
+        self.active = False
+
+    def extra_repr(self) -> str:
+        return f"targets={self.targets}, rank={self.rank}, active={self.active}"
+
+
+def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[LoRAQKV]:
+    """Replace ``block.attn.qkv`` of every block of a timm ViT by :class:`LoRAQKV`.
+
+    Returns the wrappers in block order.
+    """
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None:
+        raise TypeError(f"{type(backbone).__name__} has no .blocks: not a timm Vision Transformer")
+    wrappers = []
+    for i, block in enumerate(blocks):
+        attn = getattr(block, "attn", None)
+        qkv = getattr(attn, "qkv", None)
+        if isinstance(qkv, LoRAQKV):
+            raise RuntimeError(f"block {i} already holds a LoRA wrapper")
+        if not isinstance(qkv, nn.Linear):
+            raise TypeError(f"block {i} has no fused attn.qkv Linear (found {type(qkv).__name__}); "
+                            "only ViTs with a fused qkv projection are supported")
+        wrapper = LoRAQKV(qkv, rank, targets)
+        attn.qkv = wrapper
+        wrappers.append(wrapper)
+    return wrappers
+
+
+def lora_parameters(wrappers: Iterable[LoRAQKV]) -> list[nn.Parameter]:
+    """All LoRA B parameters (and A when trainable) of the wrappers."""
+    params = []
+    for w in wrappers:
+        params.append(w.lora_B)
+        if w.lora_A.requires_grad:
+            params.append(w.lora_A)
+    return params

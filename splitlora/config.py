@@ -1,0 +1,370 @@
+"""Experiment configuration: a typed schema, YAML loading, ``--set`` overrides, validation.
+
+The schema's defaults *are* the published protocol (DESIGN.md section 2): a setting file
+in ``configs/`` only states what differs (dataset, number of tasks, ...). The resolved
+configuration, every key included, is written to each run directory as ``config.yaml``.
+
+Every error is a :class:`ConfigError` whose message names the offending key and, for an
+unknown key, suggests the closest known one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value. The message says which and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """Backbone: any timm Vision Transformer."""
+
+    name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    pretrained: bool = True  # download from the hub (timm's cache) unless pretrained_file is set
+    pretrained_file: Optional[str] = None  # local weights: .safetensors, or a torch state dict
+    img_size: int = 224
+    fused_attn: bool = True  # scaled-dot-product attention (numerically the same as unfused)
+    kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments (e.g. depth)
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters on slices of every block's fused ``attn.qkv``."""
+
+    rank: int = 10
+    targets: list = field(default_factory=lambda: ["k", "v"])
+
+
+@dataclass
+class MethodConfig:
+    """Which continual learner runs (registered by name in ``splitlora.learner``)."""
+
+    name: str = "splitlora"
+
+
+@dataclass
+class SplitConfig:
+    """The covariance pass and the split rule of SplitLoRA."""
+
+    alpha: float = 20.0  # weight of the 'room left' term of the split rule
+    cov_pass: str = "faithful"  # faithful: train transforms x expand_times; plain: eval transform x 1
+    cov_dtype: str = "float32"  # accumulator precision of the feature second moment
+    cov_amp: bool = False  # run the covariance forward under autocast (the official pass is fp32)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of each task (AdamW, multistep schedule per epoch)."""
+
+    epochs: int = 10
+    milestones: list = field(default_factory=lambda: [5, 8])
+    gamma: float = 0.1
+    lr: float = 1e-3  # LoRA B
+    head_lr: float = 1e-2  # the current task's head
+    weight_decay: float = 5e-5
+    batch_size: int = 256
+    expand_times: int = 10  # the task's training set is repeated this many times per epoch
+    temperature: float = 30.0  # cross-entropy on logits / temperature
+    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
+    num_workers: int = 8
+    tf32: bool = True  # allow TF32 matmuls on CUDA (the official code sets precision 'high')
+    max_bad_steps: int = 20  # fp16: consecutive non-finite losses tolerated (skipped) before stopping
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 100
+    num_workers: int = 2
+
+
+@dataclass
+class SyntheticConfig:
+    """The procedurally generated benchmark used by the demo (no download)."""
+
+    num_classes: int = 20
+    train_per_class: int = 48
+    val_per_class: int = 24
+    image_size: int = 32
+    seed: int = 0  # fixes the class prototypes; class offset picks a disjoint family of classes
+    class_offset: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "folder"  # registered benchmark: folder, cifar100, imagenet_r, domainnet, synthetic
+    root: Optional[str] = None  # ROOT with train/<class>/ and val/<class>/
+    num_tasks: int = 10
+    shuffle_classes: bool = True  # class order: sorted ids permuted by numpy PCG64(seed)
+    class_order_seed: Optional[int] = None  # None: the run seed
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class DemoPretrainConfig:
+    """Pretrain a small backbone on synthetic classes when ``model.pretrained_file`` is absent.
+
+    The demo's stand-in for an ImageNet-pretrained ViT: trained on synthetic classes
+    disjoint from the demo's tasks, saved to ``model.pretrained_file`` and loaded from there
+    exactly like a user's offline ViT-B weights.
+    """
+
+    enabled: bool = False
+    num_classes: int = 40
+    train_per_class: int = 40
+    class_offset: int = 1000  # synthetic class ids start here: disjoint from the demo's tasks
+    epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    demo_pretrain: DemoPretrainConfig = field(default_factory=DemoPretrainConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} "
+                      f"({type(value).__name__})")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, "
+                          f"got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{prefix}{key}"
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
+                f"; known keys here: {', '.join(prefix + n for n in names)}"
+            raise ConfigError(f"unknown config key '{full}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        if _is_dataclass_type(tp):
+            kwargs[name] = _build(tp, data[name] if data[name] is not None else {},
+                                  f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(data[name], tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The configuration as plain nested dicts (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """A short stable hash of the resolved configuration."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- overrides
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.epochs=3'`` -> (['train', 'epochs'], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"bad override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"bad override {text!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad override {text!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides to a nested dict (returns a new dict)."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"bad override {text!r}: '{'.'.join(parts[:i + 1])}' is not a "
+                                  "section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (see configs/ for the provided ones)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a :class:`Config` from nested dicts."""
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None,
+                name: Optional[str] = None) -> Config:
+    """Load a YAML file (or the schema defaults when ``path`` is None) plus overrides.
+
+    ``name`` defaults to the file's stem when the file does not set one.
+    """
+    data = load_yaml(path) if path is not None else {}
+    if "name" not in data:
+        data["name"] = name or (Path(path).stem if path is not None else "experiment")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data)
+
+
+# --------------------------------------------------------------------------- validation
+
+_CHOICES = {
+    "split.cov_pass": ("faithful", "plain"),
+    "split.cov_dtype": ("float32", "float64"),
+    "train.amp": ("auto", "fp16", "bf16", "off"),
+}
+
+
+def _check(cond: bool, key: str, value: Any, requirement: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}' = {value!r} is invalid: {requirement}")
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and choices that types alone do not catch (registry names are checked where
+    the registries live: the method at learner build, the dataset at benchmark build)."""
+    flat = {
+        "split.cov_pass": cfg.split.cov_pass,
+        "split.cov_dtype": cfg.split.cov_dtype,
+        "train.amp": cfg.train.amp,
+    }
+    for key, value in flat.items():
+        _check(value in _CHOICES[key], key, value, f"must be one of {', '.join(_CHOICES[key])}")
+    _check(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be >= 1")
+    targets = cfg.lora.targets
+    _check(len(targets) >= 1 and all(t in ("q", "k", "v") for t in targets)
+           and len(set(targets)) == len(targets), "lora.targets", targets,
+           "must be a non-empty list of distinct slices among q, k, v")
+    _check(cfg.split.alpha >= 0, "split.alpha", cfg.split.alpha, "must be >= 0")
+    t = cfg.train
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
+    _check(all(isinstance(m, int) and m >= 1 for m in t.milestones), "train.milestones",
+           t.milestones, "must be a list of positive integers (epochs)")
+    _check(list(t.milestones) == sorted(t.milestones), "train.milestones", t.milestones,
+           "must be increasing")
+    _check(0 < t.gamma <= 1, "train.gamma", t.gamma, "must be in (0, 1]")
+    for key in ("lr", "head_lr"):
+        _check(getattr(t, key) > 0, f"train.{key}", getattr(t, key), "must be > 0")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
+    _check(t.expand_times >= 1, "train.expand_times", t.expand_times, "must be >= 1")
+    _check(t.temperature > 0, "train.temperature", t.temperature, "must be > 0")
+    _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0")
+    _check(t.num_workers >= 0, "train.num_workers", t.num_workers, "must be >= 0")
+    _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
+    _check(cfg.eval.num_workers >= 0, "eval.num_workers", cfg.eval.num_workers, "must be >= 0")
+    _check(cfg.dataset.num_tasks >= 1, "dataset.num_tasks", cfg.dataset.num_tasks, "must be >= 1")
+    _check(cfg.model.img_size >= 8, "model.img_size", cfg.model.img_size, "must be >= 8")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+           "device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    s = cfg.dataset.synthetic
+    for key in ("num_classes", "train_per_class", "val_per_class"):
+        _check(getattr(s, key) >= 1, f"dataset.synthetic.{key}", getattr(s, key), "must be >= 1")
+    _check(s.image_size >= 8, "dataset.synthetic.image_size", s.image_size, "must be >= 8")
+    p = cfg.demo_pretrain
+    for key in ("num_classes", "train_per_class", "epochs", "batch_size"):
+        _check(getattr(p, key) >= 1, f"demo_pretrain.{key}", getattr(p, key), "must be >= 1")
+    _check(p.lr > 0, "demo_pretrain.lr", p.lr, "must be > 0")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,191 @@
+"""Training, evaluation and covariance passes (the protocol of DESIGN.md section 2).
+
+The backbone stays in eval mode throughout, as in the official code (only LoRA and the
+head train; a ViT without dropout behaves identically either way).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .covariance import CovarianceAccumulator, collect_covariance
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------- precision
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """autocast dtype for ``train.amp``: auto = fp16 on CUDA, off (None) on CPU."""
+    if amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def make_optimizer(lora_params: Sequence[nn.Parameter], head_params: Sequence[nn.Parameter],
+                   cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: LoRA at ``cfg.lr``, the head at ``cfg.head_lr``; same decay."""
+    groups = [{"params": list(lora_params), "lr": cfg.lr, "name": "lora"},
+              {"params": list(head_params), "lr": cfg.head_lr, "name": "head"}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """Multistep decay stepped once per epoch: lr x gamma at each milestone epoch."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
+                                                gamma=cfg.gamma)
+
+
+def lr_factors(cfg: TrainConfig) -> list[float]:
+    """Multiplier of the base lr used during each epoch 1..epochs (for reading and tests)."""
+    return [cfg.gamma ** sum(1 for m in cfg.milestones if e >= m) for e in range(cfg.epochs)]
+
+
+# --------------------------------------------------------------------------- data loading
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
+                device: torch.device, seed: int = 0, drop_last: bool = False,
+                sampler=None) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds derive from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                      drop_last=drop_last, generator=gen,
+                      persistent_workers=False)
+
+
+def _progress(iterable: Iterable, desc: str, total: Optional[int] = None, enabled: bool = True):
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
+                disable=None if enabled else True)
+
+
+# --------------------------------------------------------------------------- passes
+
+@dataclass
+class EpochStats:
+    epoch: int
+    lr: float
+    loss: float
+    acc: float
+    images: int
+    seconds: float
+
+
+def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: int,
+               lora_params: Sequence[nn.Parameter], head_params: Sequence[nn.Parameter],
+               cfg: TrainConfig, device: torch.device, amp_dtype: Optional[torch.dtype],
+               progress: bool = True, step_hook=None) -> list[EpochStats]:
+    """Train the current adapter and head on one task for ``cfg.epochs`` epochs.
+
+    Labels from the loader are global; the loss sees task-local labels on the current
+    head: cross-entropy(logits / temperature). ``step_hook(model)`` runs after every
+    optimizer step (e.g. gradient projection of a trainable A).
+    """
+    optimizer = make_optimizer(lora_params, head_params, cfg)
+    scheduler = make_scheduler(optimizer, cfg)
+    use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    model.eval()
+    stats = []
+    bad_streak = 0  # with fp16 + scaler an overflowing step is skipped, as GradScaler does
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = _progress(loader, f"task {task} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
+        for step, (images, labels) in enumerate(bar):
+            images = images.to(device, non_blocking=True)
+            target = labels.to(device, non_blocking=True) - label_offset
+            with autocast(device, amp_dtype):
+                logits = model(images, task)
+            loss = F.cross_entropy(logits.float() / cfg.temperature, target)
+            if not torch.isfinite(loss):
+                bad_streak += 1
+                if not use_scaler or bad_streak > cfg.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({loss.item()}) at task {task}, epoch "
+                        f"{epoch + 1}, step {step}" + (f" ({bad_streak} steps in a row)"
+                                                       if use_scaler else ""))
+                log.warning("non-finite loss at task %d epoch %d step %d: step skipped",
+                            task, epoch + 1, step)
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            bad_streak = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if step_hook is not None:
+                step_hook(model)
+            n = images.shape[0]
+            loss_sum += loss.detach() * n
+            correct += (logits.detach().argmax(1) == target).sum()
+            seen += n
+        scheduler.step()
+        seconds = time.perf_counter() - t0
+        s = EpochStats(epoch + 1, lr, float(loss_sum) / max(seen, 1),
+                       100.0 * float(correct) / max(seen, 1), seen, seconds)
+        stats.append(s)
+        log.info("task %d epoch %d/%d: lr %.2e loss %.4f train acc %.2f%% (%d images, %.1fs, "
+                 "%.0f img/s)", task, s.epoch, cfg.epochs, s.lr, s.loss, s.acc, s.images,
+                 s.seconds, s.images / max(s.seconds, 1e-9))
+    return stats
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             amp_dtype: Optional[torch.dtype], desc: str = "eval",
+             progress: bool = True) -> tuple[int, int]:
+    """(correct, total) of argmax over all heads' concatenated logits vs global labels."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    total = 0
+    for images, labels in _progress(loader, desc, enabled=progress):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        correct += (logits.argmax(1) == labels).sum()
+        total += labels.shape[0]
+    return int(correct), total
+
+
+@torch.no_grad()
+def covariance_pass(model: nn.Module, modules: Sequence[nn.Module], loader: DataLoader,
+                    acc: CovarianceAccumulator, device: torch.device,
+                    amp_dtype: Optional[torch.dtype], desc: str = "covariance",
+                    progress: bool = True) -> int:
+    """One no-grad pass accumulating the inputs of ``modules`` into ``acc``; returns #images."""
+    model.eval()
+    images_seen = 0
+    with collect_covariance(modules, acc):
+        for images, _ in _progress(loader, desc, enabled=progress):
+            images = images.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                model.features(images) if hasattr(model, "features") else model(images)
+            images_seen += images.shape[0]
+    return images_seen

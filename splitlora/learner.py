@@ -1,0 +1,192 @@
+"""Continual learners with a task lifecycle, registered by name (``method.name``).
+
+    before_task(t)   new head, new adapters (A initialised by the method, B = 0)
+    train_task(t)    train B (and the head) on task t
+    after_task(t)    merge B A into the frozen weight; method-specific bookkeeping
+                     (SplitLoRA: covariance pass, split, free bases for task t + 1)
+    evaluate(t)      class-incremental accuracy on every task seen so far
+
+Randomness of each task (head init, A draws, data order) derives from (seed, task), so a
+run resumed after task t continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, ClassVar, Optional
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from models import ContinualViT, lora_parameters
+
+from . import engine
+from .config import Config, ConfigError
+from .covariance import CovarianceAccumulator
+from .subspace import free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A, \
+    spectrum, split_point
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, type["Learner"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a learner selectable as ``method.name: <name>``."""
+    def deco(cls: type[Learner]) -> type[Learner]:
+        if name in METHODS:
+            raise KeyError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+    return deco
+
+
+def build_learner(cfg: Config, model: ContinualViT, device: torch.device) -> "Learner":
+    cls = METHODS.get(cfg.method.name)
+    if cls is None:
+        raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
+                          f"known: {', '.join(sorted(METHODS))}")
+    return cls(cfg, model, device)
+
+
+def derived_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integers (stable across machines and Python versions)."""
+    value = 0x5EED
+    for k in keys:
+        value = (value * 6364136223846793005 + int(k) + 1442695040888963407) % (2**63)
+    return value
+
+
+class Learner:
+    """Base learner: sequential LoRA with per-task heads. Subclasses choose A and the split."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.device = device
+        self.amp_dtype = engine.resolve_amp(cfg.train.amp, device)
+        self.split_dims: list[Optional[list[int]]] = []
+        self.interference: list[Optional[list[float]]] = []
+
+    # ----------------------------------------------------------------- randomness
+    def generator(self, task: int, purpose: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, task, purpose))
+
+    def seed_task(self, task: int) -> None:
+        """Seed the global RNGs for task ``task`` (head init, single-process transforms)."""
+        torch.manual_seed(derived_seed(self.cfg.seed, task, 0))
+
+    # ----------------------------------------------------------------- lifecycle
+    def before_task(self, task: int, num_classes: int) -> None:
+        self.seed_task(task)
+        self.model.heads.add_head(num_classes).to(self.device)
+        gen = self.generator(task, 1)
+        for layer, adapter in enumerate(self.model.adapters):
+            a = torch.stack([self.init_A(task, layer, adapter.in_features, gen)
+                             for _ in adapter.targets])
+            adapter.set_adapter(a.to(self.device))
+
+    def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
+        """(rank, dim) A of ``task`` at block ``layer``: Kaiming-uniform (sequential LoRA)."""
+        return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
+
+    def trainable(self, task: int) -> tuple[list, list]:
+        """(LoRA parameters, head parameters) trained on ``task``."""
+        return lora_parameters(self.model.adapters), list(self.model.heads.heads[task].parameters())
+
+    def train_task(self, task: int, loader: DataLoader, label_offset: int,
+                   progress: bool = True) -> list[engine.EpochStats]:
+        lora, head = self.trainable(task)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in lora + head:
+            p.requires_grad_(True)
+        try:
+            return engine.train_task(self.model, task, loader, label_offset, lora, head,
+                                     self.cfg.train, self.device, self.amp_dtype, progress,
+                                     step_hook=self.after_step)
+        finally:
+            for p in lora + head:
+                p.requires_grad_(False)
+
+    def after_step(self, model: ContinualViT) -> None:
+        """Called after every optimizer step (no-op by default)."""
+
+    def after_task(self, task: int, make_cov_loader: Callable[[], DataLoader],
+                   last: bool = False, progress: bool = True) -> None:
+        """Merge the task's adapters into the frozen weights."""
+        self.model.merge_adapters()
+        self.split_dims.append(None)
+        self.interference.append(None)
+
+    def evaluate(self, loader: DataLoader, desc: str = "eval",
+                 progress: bool = True) -> tuple[int, int]:
+        return engine.evaluate(self.model, loader, self.device, self.amp_dtype, desc, progress)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"split_dims": self.split_dims, "interference": self.interference}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.split_dims = list(state["split_dims"])
+        self.interference = list(state["interference"])
+
+
+@register_method("seq_lora")
+class SequentialLoRA(Learner):
+    """Baseline: every task gets a fresh Kaiming A and nothing is split."""
+
+
+@register_method("splitlora")
+class SplitLoRA(Learner):
+    """A of task t >= 1 is drawn inside the free subspace of the old tasks' features."""
+
+    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device) -> None:
+        super().__init__(cfg, model, device)
+        dim = model.adapters[0].in_features
+        dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.split.cov_dtype]
+        self.cov = CovarianceAccumulator(len(model.adapters), dim, dtype, device)
+        self.bases: list[Optional[Tensor]] = [None] * len(model.adapters)
+
+    def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
+        basis = self.bases[layer]
+        if task == 0 or basis is None:
+            return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
+        return init_lora_A(basis, self.cfg.lora.rank, task, generator)
+
+    def after_task(self, task: int, make_cov_loader: Callable[[], DataLoader],
+                   last: bool = False, progress: bool = True) -> None:
+        self.model.merge_adapters()
+        if last:  # no task follows: the split would never be used
+            self.split_dims.append(None)
+            self.interference.append(None)
+            return
+        cov_amp = self.amp_dtype if self.cfg.split.cov_amp else None
+        n = engine.covariance_pass(self.model, self.model.adapters, make_cov_loader(), self.cov,
+                                   self.device, cov_amp, f"task {task} covariance", progress)
+        self.cov.all_reduce()
+        dims, interf = [], []
+        for layer in range(self.cov.num_layers):
+            vals, vecs = spectrum(self.cov.covariance(layer))
+            k = split_point(vals, task + 1, self.cfg.split.alpha)
+            self.bases[layer] = free_basis_from_spectrum(vecs, k).to(torch.float32).cpu()
+            dims.append(k)
+            interf.append(interference(vals, k))
+        self.split_dims.append(dims)
+        self.interference.append(interf)
+        log.info("task %d split (%d images): frozen dims per block %s of %d", task, n, dims,
+                 self.cov.dim)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["cov"] = self.cov.state_dict()
+        state["bases"] = [None if b is None else b.detach().cpu() for b in self.bases]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.cov.load_state_dict(state["cov"])
+        self.bases = [None if b is None else b.cpu() for b in state["bases"]]
