@@ -10,12 +10,14 @@ from typing import Any, Callable, Optional, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from splitlora.errors import UserError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Missing or malformed data. The message names the path and the fix."""
 
 

@@ -10,10 +10,12 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from splitlora.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Pretrained weights could not be found, read or matched to the model."""
 
 

@@ -12,16 +12,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from datasets import DataError
-from models import WeightsError
-
 from .config import Config, ConfigError, dump_yaml, load_config, to_dict
-from .engine import NonFiniteLossError
-from .metrics import format_matrix
+from .errors import UserError
 
 log = logging.getLogger("splitlora")
-
-EXPECTED_ERRORS = (ConfigError, DataError, WeightsError, NonFiniteLossError)
 
 
 def default_output(cfg: Config) -> Path:
@@ -58,6 +52,7 @@ def read_previous_config(out: Path) -> Optional[dict]:
 
 
 def print_report(metrics: dict, out: Path) -> None:
+    from .metrics import format_matrix
     print(f"\n{metrics['name']} ({metrics['method']}, seed {metrics['seed']}): "
           f"{metrics['tasks_done']}/{metrics['num_tasks']} tasks")
     print("accuracy matrix (%, row = after task t, column = task j):")
@@ -70,8 +65,6 @@ def print_report(metrics: dict, out: Path) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from .experiment import Experiment, prepare_run_dir, setup_logging
-    setup_logging(None)
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -99,6 +92,8 @@ def run_cli(args: argparse.Namespace) -> int:
                           "(pass --force to run again)")
                     print_report(done, out)
                     return 0
+        from .experiment import Experiment, prepare_run_dir, setup_logging  # imports torch
+        setup_logging(None)
         exp = Experiment(cfg, out, progress=not args.no_progress)  # checks the data first
         prepare_run_dir(cfg, out)
         setup_logging(out / "log.txt")
@@ -107,7 +102,7 @@ def run_cli(args: argparse.Namespace) -> int:
         metrics = exp.run()
         print_report(metrics, out)
         return 0
-    except EXPECTED_ERRORS as exc:
+    except UserError as exc:
         logging.getLogger().handlers.clear()
         print(f"error: {exc}", file=sys.stderr)
         return 2

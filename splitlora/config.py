@@ -22,8 +22,10 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A bad configuration file, key or value. The message says which and how to fix it."""
 
 

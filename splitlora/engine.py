@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .covariance import CovarianceAccumulator, collect_covariance
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
 

@@ -76,6 +76,20 @@ def model_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return mean, std
 
 
+def check_names(cfg: Config) -> None:
+    """Registry names (method, model) are checked before any data is read or model built."""
+    from .config import ConfigError
+    from .learner import METHODS
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
+                          f"known: {', '.join(sorted(METHODS))}")
+    if not timm.is_model(cfg.model.name):
+        import difflib
+        close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)
+        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
 def build_model(cfg: Config, device: torch.device, progress: bool = True) -> ContinualViT:
     m = cfg.model
     if m.pretrained_file and cfg.demo_pretrain.enabled and not Path(m.pretrained_file).exists():
@@ -94,6 +108,7 @@ class Experiment:
         self.cfg = cfg
         self.out = Path(output_dir)
         self.progress = progress
+        check_names(cfg)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny timm ViTs and small configs that run in seconds on a CPU."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_VIT = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_vit(img_size: int = 16, **kwargs) -> torch.nn.Module:
+    """A 2-block, 32-dim timm VisionTransformer with its classifier removed."""
+    args = dict(TINY_VIT, **kwargs)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                             img_size=img_size, **args)
+
+
+def tiny_overrides(tmp_path: Path | None = None, epochs: int = 2) -> list[str]:
+    """--set overrides turning any config into a tiny CPU run."""
+    return [
+        "device=cpu", "model.name=vit_tiny_patch16_224", "model.pretrained=false",
+        "model.pretrained_file=null",
+        "model.img_size=16", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}",
+        "lora.rank=2", f"train.epochs={epochs}", "train.milestones=[1]", "train.batch_size=16",
+        "train.expand_times=1", "train.num_workers=0", "eval.num_workers=0", "eval.batch_size=32",
+    ]
+
+
+def run_main(args: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run main.py as a user would; returns the completed process (text output)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, str(REPO / "main.py"), "--no-progress", *args],
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

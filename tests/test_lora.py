@@ -1,0 +1,117 @@
+"""The LoRA qkv wrapper: identity at init, merge equivalence, slices, fused attention."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from models import ContinualViT, LoRAQKV, inject_lora
+from tests.conftest import tiny_vit
+
+
+def _set_fused(model: nn.Module, fused: bool) -> None:
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_wrapped_equals_original_at_init(fused):
+    base = tiny_vit()
+    _set_fused(base, fused)
+    ref = copy.deepcopy(base).eval()
+    model = ContinualViT(base, rank=3).eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref(x)
+        assert torch.equal(model.features(x), expected)  # no adapter yet
+        for a in model.adapters:  # a fresh adapter: random A, B = 0
+            a.set_adapter(torch.randn_like(a.lora_A))
+        assert torch.allclose(model.features(x), expected, atol=1e-6)
+    assert isinstance(model.blocks[0].attn.qkv, LoRAQKV)
+    kept = model.blocks[0].attn.qkv.base_layer  # the original Linear, kept as base layer
+    assert isinstance(kept, nn.Linear) and torch.equal(kept.weight, ref.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_merged_equals_unmerged_after_training_steps(fused):
+    torch.manual_seed(1)
+    model = ContinualViT(tiny_vit(), rank=3)
+    _set_fused(model.backbone, fused)
+    model.heads.add_head(5)
+    for a in model.adapters:
+        a.set_adapter(torch.randn_like(a.lora_A) * 0.2)
+    params = [a.lora_B for a in model.adapters] + list(model.heads.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(5):
+        x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+        loss = nn.functional.cross_entropy(model(x, 0), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(a.lora_B.abs().max() > 0 for a in model.adapters)
+    x = torch.randn(6, 3, 16, 16)
+    with torch.no_grad():
+        unmerged = model(x)
+        model.merge_adapters()
+        merged = model(x)
+    assert all(not a.active and a.lora_B.abs().max() == 0 for a in model.adapters)
+    assert torch.allclose(merged, unmerged, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("targets", [("k", "v"), ("q",), ("q", "v"), ("q", "k", "v")])
+def test_update_lands_on_the_target_slices_only(targets):
+    lin = nn.Linear(8, 24)
+    wrap = LoRAQKV(copy.deepcopy(lin), rank=2, targets=targets)
+    wrap.set_adapter(torch.randn_like(wrap.lora_A))
+    with torch.no_grad():
+        wrap.lora_B.normal_()
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        delta = wrap(x) - lin(x)
+        expected = torch.zeros_like(delta)
+        for i, t in enumerate(targets):
+            rows = wrap.slice_rows(t)
+            expected[..., rows] = x @ (wrap.lora_B[i] @ wrap.lora_A[i]).T
+    assert torch.allclose(delta, expected, atol=1e-5)
+    for s in ("q", "k", "v"):
+        if s not in targets:
+            assert delta[..., wrap.slice_rows(s)].abs().max() == 0
+    assert torch.allclose(wrap.delta_weight(), torch.cat(
+        [(wrap.lora_B[targets.index(s)] @ wrap.lora_A[targets.index(s)]) if s in targets
+         else torch.zeros(8, 8) for s in ("q", "k", "v")]), atol=1e-6)
+
+
+def test_only_B_receives_gradients_by_default():
+    wrap = LoRAQKV(nn.Linear(8, 24), rank=2)
+    wrap.base_layer.requires_grad_(False)
+    wrap.set_adapter(torch.randn_like(wrap.lora_A))
+    wrap(torch.randn(4, 8)).sum().backward()
+    assert wrap.lora_A.grad is None and wrap.base_layer.weight.grad is None
+    assert wrap.lora_B.grad is not None
+
+
+def test_inject_refuses_twice_and_non_vit():
+    vit = tiny_vit()
+    inject_lora(vit, 2, ("k", "v"))
+    with pytest.raises(RuntimeError, match="already"):
+        inject_lora(vit, 2, ("k", "v"))
+    with pytest.raises(TypeError, match="blocks"):
+        inject_lora(nn.Linear(3, 3), 2, ("k",))
+    with pytest.raises(ValueError, match="targets"):
+        LoRAQKV(nn.Linear(4, 12), 2, ("x",))
+
+
+def test_merge_accumulates_tasks_in_the_base_weight():
+    lin = nn.Linear(6, 18, bias=False)
+    w0 = lin.weight.detach().clone()
+    wrap = LoRAQKV(lin, rank=2)
+    deltas = []
+    for _ in range(3):
+        wrap.set_adapter(torch.randn_like(wrap.lora_A))
+        with torch.no_grad():
+            wrap.lora_B.normal_()
+        deltas.append(wrap.delta_weight().clone())
+        wrap.merge()
+    assert torch.allclose(wrap.base_layer.weight, w0 + sum(deltas), atol=1e-5)
