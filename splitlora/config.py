@@ -123,6 +123,7 @@ class DemoPretrainConfig:
     """
 
     enabled: bool = False
+    seed: int = 0  # pretraining is independent of the run seed (one cached file serves all)
     num_classes: int = 40
     train_per_class: int = 40
     class_offset: int = 1000  # synthetic class ids start here: disjoint from the demo's tasks

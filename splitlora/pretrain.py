@@ -46,7 +46,7 @@ def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device,
     syn = cfg.dataset.synthetic
     t0 = time.perf_counter()
     gen_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed + 12345)
+    torch.manual_seed(p.seed)
     backbone = create_backbone(cfg.model.name, pretrained=False, img_size=cfg.model.img_size,
                                fused_attn=cfg.model.fused_attn, kwargs=cfg.model.kwargs).to(device)
     head = nn.Linear(backbone.num_features, p.num_classes).to(device)
@@ -55,7 +55,7 @@ def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device,
     mean = std = (0.5, 0.5, 0.5)
     data = TaskDataset(images, list(range(p.num_classes)), 0,
                        tf.tensor_train_transform(cfg.model.img_size, mean, std))
-    loader = make_loader(data, p.batch_size, True, 0, device, seed=cfg.seed + 12345, drop_last=True)
+    loader = make_loader(data, p.batch_size, True, 0, device, seed=p.seed, drop_last=True)
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=0.05)
     steps = p.epochs * len(loader)
@@ -74,7 +74,7 @@ def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device,
             correct += int((logits.argmax(1) == y).sum())
             seen += y.numel()
         log.info("demo pretraining epoch %d/%d: loss %.3f train acc %.1f%%", epoch + 1, p.epochs,
-                 float(loss), 100.0 * correct / max(seen, 1))
+                 loss.item(), 100.0 * correct / max(seen, 1))
     torch.random.set_rng_state(gen_state)
     save_safetensors_atomic(backbone.state_dict(), path,
                             {"source": "splitlora demo pretraining", "model": cfg.model.name,
