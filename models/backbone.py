@@ -80,16 +80,30 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def expected_weights_name(model_name: str) -> str:
-    """What to download for a hub model (for error messages)."""
+def hub_source(model_name: str) -> tuple[Optional[str], str]:
+    """(Hugging Face repo id, file name) timm downloads for ``model_name`` (repo None if unknown)."""
     try:
         cfg = timm.models.get_pretrained_cfg(model_name)
     except Exception:  # noqa: BLE001
         cfg = None
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if hub:
-        return f"https://huggingface.co/{hub} (file model.safetensors)"
-    return "the timm weights of this model"
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    name = (getattr(cfg, "hf_hub_filename", None) if cfg is not None else None) or "model.safetensors"
+    return repo, name
+
+
+def offline_weights_help(model_name: str) -> str:
+    """How to get the weights of ``model_name`` onto a machine without internet."""
+    repo, fname = hub_source(model_name)
+    if repo is None:
+        return (f"timm has no hub weights registered for '{model_name}'; pass a local file with "
+                "model.pretrained_file=PATH or use model.pretrained=false.")
+    return (f"timm expects the file '{fname}' of https://huggingface.co/{repo}. On a machine with "
+            f"internet run `hf download {repo} {fname} --local-dir weights/` (older huggingface_hub: "
+            f"`huggingface-cli download ...`), or `python -c \"import timm; timm.create_model('"
+            f"{model_name}', pretrained=True)\"` and take {fname} from ~/.cache/huggingface/hub/; "
+            f"copy it here and pass --set model.pretrained_file=weights/{fname} "
+            "(or model.pretrained=false for random weights). Set HF_HUB_OFFLINE=1 to skip the "
+            "download attempt.")
 
 
 def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optional[str] = None,
@@ -111,14 +125,11 @@ def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optiona
             raise WeightsError(f"unknown timm model '{name}' (model.name); list them with "
                                "timm.list_models('vit_*')") from None
         raise
-    except (OSError, ValueError, ConnectionError) as exc:
-        if not use_hub:
+    except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
+        if not use_hub or isinstance(exc, (TypeError, KeyError)):
             raise
-        raise WeightsError(
-            f"could not download pretrained weights for '{name}' ({type(exc).__name__}: {exc}). "
-            f"On a machine with internet fetch {expected_weights_name(name)}, copy it here and set "
-            "model.pretrained_file=/path/to/model.safetensors (or model.pretrained=false for "
-            "random weights).") from None
+        raise WeightsError(f"could not download the pretrained weights of '{name}' "
+                           f"({type(exc).__name__}). " + offline_weights_help(name)) from None
     if pretrained_file:
         load_backbone_weights(model, pretrained_file)
     blocks = getattr(model, "blocks", None)

@@ -18,12 +18,13 @@ import timm
 import torch
 
 from datasets import Benchmark, Repeated, build_benchmark
-from models import ContinualViT, create_backbone
+from models import ContinualViT, create_backbone, file_sha256
 
 from . import engine
 from .config import Config, config_hash, dump_yaml
 from .learner import Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
+from .runinfo import environment, hub_weights_file, utc_now
 
 log = logging.getLogger("splitlora")
 
@@ -101,6 +102,20 @@ def build_model(cfg: Config, device: torch.device, progress: bool = True) -> Con
     return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)
 
 
+def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
+    """Which weights the backbone was loaded from: source, tag or path, SHA-256."""
+    m = cfg.model
+    if m.pretrained_file:
+        path = Path(m.pretrained_file).expanduser().resolve()
+        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+    if m.pretrained:
+        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
+        cached = hub_weights_file(backbone)
+        return {"source": "hub", "tag": pcfg.get("tag"), "hf_hub_id": pcfg.get("hf_hub_id"),
+                "path": cached, "sha256": file_sha256(cached) if cached else None}
+    return {"source": "random init (model.pretrained: false)"}
+
+
 class Experiment:
     """Holds everything of one run; ``run()`` executes the remaining tasks."""
 
@@ -131,6 +146,11 @@ class Experiment:
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg, self.device, self.progress)
         self.learner = build_learner(self.cfg, self.model, self.device)
+        self.env = environment(self.device)
+        self.env["weights"] = weights_info(self.cfg, self.model.backbone)
+        self.env["start_time"] = utc_now()
+        self.env["end_time"] = None
+        write_json_atomic(self.out / "env.json", self.env)
 
     # ----------------------------------------------------------------- data
     def train_loader(self, task: int, for_covariance: bool = False):
@@ -188,6 +208,8 @@ class Experiment:
         out["task_classes"] = self.tasks
         out["task_seconds"] = self.task_seconds
         out["wall_seconds"] = time.time() - self.started
+        out["peak_gpu_mem_gib"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                   if self.device.type == "cuda" else None)
         return out
 
     def write_metrics(self) -> dict:
@@ -204,6 +226,8 @@ class Experiment:
         for task in range(self.tracker.tasks_done(), len(self.tasks)):
             self.run_task(task)
             self.write_metrics()
+        self.env["end_time"] = utc_now()
+        write_json_atomic(self.out / "env.json", self.env)
         return self.write_metrics()
 
 

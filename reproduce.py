@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Reproduce the published table: every setting x seed, scheduled over the GPUs, summarised.
+
+    python reproduce.py --data-root /data                    # 5 settings, seed 0, every GPU
+    python reproduce.py --data-root /data --seeds 0 1 2 --gpus 0,1
+    python reproduce.py --data-root /data --only cifar100_10 --dry-run
+    python reproduce.py --data-root /data --set train.num_workers=16 --output results
+
+Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of the
+tools/split_*.py scripts), each overridable. Every run is an independent ``main.py``
+process in OUTPUT/runs/<setting>/seed<seed>/; one run per GPU at a time (CPU when none), a
+queue over the rest. A run whose metrics.json is complete is skipped, so an interrupted
+reproduction continues where it stopped. OUTPUT/summary.md and summary.csv hold the table,
+beside the paper's figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO))
+
+from splitlora.config import ConfigError, config_hash, load_config  # noqa: E402
+from splitlora.results import collect_rows, load_published, read_metrics, write_summary  # noqa: E402
+
+DATA_TOOLS = {
+    "cifar100": "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst {root}",
+    "imagenet-r": "python tools/split_imagenet_r.py --src imagenet-r.tar --dst {root} "
+                  "--train-list imagenet_r_train.txt --val-list imagenet_r_val.txt",
+    "domainnet": "python tools/split_domainnet.py --src DOMAINNET_RAW --dst {root} "
+                 "--train-list sdomain_train.txt --val-list sdomain_val.txt",
+}
+
+
+@dataclass
+class Run:
+    setting: str
+    method: str
+    seed: int
+    config: Path
+    data_root: Path
+    out_dir: Path
+    overrides: list[str]
+    paper: dict
+    status: str = "pending"  # done | pending | conflict
+    device: str = "cpu"
+    detail: str = ""
+    returncode: Optional[int] = None
+    seconds: float = 0.0
+    command: list[str] = field(default_factory=list)
+
+    def main_command(self) -> list[str]:
+        cmd = [sys.executable, str(REPO / "main.py"), "--config", str(self.config),
+               "--seed", str(self.seed), "--output", str(self.out_dir), "--no-progress"]
+        for o in self.overrides:
+            cmd += ["--set", o]
+        return cmd
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run every published setting and tabulate the results.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--data-root", required=True, help="folder holding cifar100/, imagenet-r/, domainnet/")
+    p.add_argument("--cifar100-root", help="override DIR/cifar100")
+    p.add_argument("--imagenet-r-root", help="override DIR/imagenet-r")
+    p.add_argument("--domainnet-root", help="override DIR/domainnet")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--gpus", default=None,
+                   help="comma-separated GPU ids (default: every visible GPU; 'cpu' for none)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed to every run (repeatable)")
+    p.add_argument("--output", default="results", help="results folder (default: results)")
+    return p.parse_args(argv)
+
+
+def data_roots(args: argparse.Namespace) -> dict[str, Path]:
+    def absolute(p: str) -> Path:
+        return Path(p).expanduser().absolute()
+    base = absolute(args.data_root)
+    return {
+        "cifar100": absolute(args.cifar100_root) if args.cifar100_root else base / "cifar100",
+        "imagenet-r": absolute(args.imagenet_r_root) if args.imagenet_r_root else base / "imagenet-r",
+        "domainnet": absolute(args.domainnet_root) if args.domainnet_root else base / "domainnet",
+    }
+
+
+def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
+    settings = published["settings"]
+    names = args.only or list(settings)
+    unknown = [n for n in names if n not in settings]
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in --only; known: "
+                          f"{', '.join(settings)}")
+    roots = data_roots(args)
+    out = Path(args.output).expanduser().absolute()
+    plan = []
+    for name in names:
+        s = settings[name]
+        for seed in args.seeds:
+            run = Run(name, "splitlora", seed, REPO / "configs" / s["config"], roots[s["data"]],
+                      out / "runs" / name / f"seed{seed}",
+                      [f"dataset.root={roots[s['data']]}", *args.overrides], dict(s["paper"]))
+            plan.append(run)
+    return plan
+
+
+def resolve_status(run: Run) -> None:
+    """done: complete results of this exact config; conflict: results of another config."""
+    cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
+    run.method = cfg.method.name
+    metrics = read_metrics(run.out_dir)
+    if metrics is None:
+        run.status = "pending"
+    elif metrics.get("config_hash") == config_hash(cfg):
+        run.status = "done"
+    else:
+        run.status = "conflict"
+        run.detail = "holds complete results of a different config"
+
+
+def check_data(plan: list[Run]) -> list[str]:
+    """Every distinct data root checked; one message per bad root, with the tool to run."""
+    from datasets import BENCHMARKS, DataError, check_folder_root
+    problems, seen = [], set()
+    for run in plan:
+        if run.status == "done":
+            continue
+        cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
+        key = (str(run.data_root), cfg.dataset.name, cfg.dataset.num_tasks)
+        if key in seen:
+            continue
+        seen.add(key)
+        spec = BENCHMARKS[cfg.dataset.name]
+        tool = next((t for d, t in DATA_TOOLS.items() if run.data_root.name == d), spec.prepare_hint)
+        try:
+            check_folder_root(str(run.data_root), cfg.dataset.name, spec.num_classes,
+                              cfg.dataset.num_tasks, "")
+        except DataError as exc:
+            problems.append(f"  {run.setting}: {exc}\n      prepare it with: "
+                            f"{tool.format(root=run.data_root) if '{root}' in tool else tool}")
+    return problems
+
+
+def gpu_slots(spec: Optional[str]) -> list[str]:
+    """Device slots: one per GPU id, or ['cpu']."""
+    if spec is not None:
+        ids = [g.strip() for g in spec.split(",") if g.strip()]
+        return ["cpu"] if not ids or ids == ["cpu"] else ids
+    try:
+        import torch
+        n = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        n = 0
+    return [str(i) for i in range(n)] or ["cpu"]
+
+
+def print_plan(plan: list[Run], slots: list[str]) -> None:
+    pending = 0
+    for run in plan:
+        if run.status == "pending":
+            run.device = "cpu" if slots == ["cpu"] else f"cuda:{slots[pending % len(slots)]}"
+            pending += 1
+        else:
+            run.device = "-"
+    width = max(len(r.setting) for r in plan)
+    for run in plan:
+        env = "" if run.device in ("cpu", "-") else f"CUDA_VISIBLE_DEVICES={run.device[5:]} "
+        print(f"{run.setting:<{width}}  seed {run.seed}  {run.device:<7} {run.status:<8} "
+              f"{run.out_dir}  {env}{shlex.join(run.main_command())}"
+              + (f"  [{run.detail}]" if run.detail else ""))
+
+
+def execute(plan: list[Run], slots: list[str]) -> None:
+    """Run the pending runs, one per slot at a time, in plan order."""
+    todo: "queue.Queue[Run]" = queue.Queue()
+    for run in plan:
+        if run.status == "pending":
+            todo.put(run)
+    lock = threading.Lock()
+    procs: list[subprocess.Popen] = []
+
+    def worker(slot: str) -> None:
+        while True:
+            try:
+                run = todo.get_nowait()
+            except queue.Empty:
+                return
+            env = dict(os.environ)
+            if slot != "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = slot
+            run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+            with lock:
+                print(f"[start] {run.setting} seed {run.seed} on {run.device} -> {run.out_dir}",
+                      flush=True)
+            t0 = time.time()
+            with open(run.out_dir / "console.txt", "a") as console:
+                proc = subprocess.Popen(run.main_command(), stdout=console, stderr=subprocess.STDOUT,
+                                        env=env)
+                with lock:
+                    procs.append(proc)
+                run.returncode = proc.wait()
+            run.seconds = time.time() - t0
+            run.status = "done" if run.returncode == 0 and read_metrics(run.out_dir) else "failed"
+            with lock:
+                print(f"[{run.status}] {run.setting} seed {run.seed} in {run.seconds / 60:.1f} min"
+                      + ("" if run.status == "done" else f" (exit {run.returncode}; see "
+                         f"{run.out_dir / 'console.txt'})"), flush=True)
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in slots]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.5)
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        raise
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        published = load_published()
+        plan = build_plan(args, published)
+        for run in plan:
+            resolve_status(run)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    slots = gpu_slots(args.gpus)
+    conflicts = [r for r in plan if r.status == "conflict"]
+    problems = check_data(plan)
+    if args.dry_run:
+        print_plan(plan, slots)
+        for p in problems:
+            print(f"warning: data not ready:\n{p}")
+        return 0
+    if conflicts:
+        print("error: these run directories hold complete results of a different config "
+              "(use another --output):\n" + "\n".join(f"  {r.out_dir}" for r in conflicts),
+              file=sys.stderr)
+        return 2
+    if problems:
+        print("error: data roots missing or not in the expected layout; nothing was started:\n"
+              + "\n".join(problems), file=sys.stderr)
+        return 2
+    done = sum(r.status == "done" for r in plan)
+    print(f"{len(plan)} runs: {done} already done, {len(plan) - done} to run on "
+          f"{', '.join('cpu' if s == 'cpu' else 'cuda:' + s for s in slots)}", flush=True)
+    try:
+        execute(plan, slots)
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command to continue",
+              file=sys.stderr)
+        return 130
+    rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
+    md = write_summary(rows, Path(args.output), "SplitLoRA reproduction")
+    print("\n" + md)
+    print(f"written: {Path(args.output) / 'summary.md'}, {Path(args.output) / 'summary.csv'}")
+    failed = [r for r in plan if r.status == "failed"]
+    if failed:
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.setting}/seed{r.seed}" for r in failed),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

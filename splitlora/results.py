@@ -1,0 +1,134 @@
+"""Aggregate finished runs into the results table, beside the paper's figures.
+
+Light module (no torch): reads ``metrics.json`` files and writes Markdown and CSV.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import yaml
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "configs" / "published.yaml"
+
+
+def load_published(path: Path = PUBLISHED) -> dict:
+    """The published settings table (configs/published.yaml)."""
+    return yaml.safe_load(path.read_text())
+
+
+def read_metrics(run_dir: Path) -> Optional[dict]:
+    """metrics.json of a run directory when it is complete, else None."""
+    path = run_dir / "metrics.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("complete") else None
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (0 for one value); (None, None) when empty."""
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+@dataclass
+class Row:
+    """One line of the table: a setting (and method) over the seeds that finished."""
+
+    setting: str
+    method: str
+    seeds: list[int] = field(default_factory=list)
+    runs: list[dict] = field(default_factory=list)
+    paper: dict = field(default_factory=dict)
+
+    def stat(self, key: str) -> tuple[Optional[float], Optional[float]]:
+        return mean_std([r[key] for r in self.runs if r.get(key) is not None])
+
+    def as_dict(self) -> dict:
+        out = {"setting": self.setting, "method": self.method,
+               "seeds": " ".join(str(s) for s in self.seeds), "num_runs": len(self.runs)}
+        for key in ("final_acc", "avg_inc_acc", "forgetting"):
+            m, s = self.stat(key)
+            out[f"{key}_mean"], out[f"{key}_std"] = m, s
+        for key in ("final_acc", "avg_inc_acc"):
+            p = self.paper.get(key)
+            m = out[f"{key}_mean"]
+            out[f"paper_{key}"] = p
+            out[f"diff_{key}"] = None if p is None or m is None else m - p
+        walls = [r["wall_seconds"] for r in self.runs if r.get("wall_seconds") is not None]
+        mems = [r["peak_gpu_mem_gib"] for r in self.runs if r.get("peak_gpu_mem_gib") is not None]
+        out["wall_minutes_mean"] = sum(walls) / len(walls) / 60 if walls else None
+        out["peak_gpu_mem_gib_max"] = max(mems) if mems else None
+        return out
+
+
+def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
+    """Rows from (setting, method, seed, run dir, paper figures), keeping the plan's order."""
+    rows: dict[tuple[str, str], Row] = {}
+    for setting, method, seed, run_dir, paper in plan:
+        row = rows.setdefault((setting, method), Row(setting, method, paper=paper))
+        metrics = read_metrics(run_dir)
+        if metrics is not None:
+            row.seeds.append(seed)
+            row.runs.append(metrics)
+    return list(rows.values())
+
+
+def _pm(m: Optional[float], s: Optional[float]) -> str:
+    return "–" if m is None else f"{m:.2f} ± {s:.2f}"
+
+
+def _num(v: Optional[float], signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    head = ("| setting | method | seeds | final acc. | avg. inc. acc. | forgetting | paper final | "
+            "Δ final | paper avg. inc. | Δ avg. inc. | wall (min/run) | peak GPU mem (GiB) |")
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        d = row.as_dict()
+        lines.append("| " + " | ".join([
+            d["setting"], d["method"], d["seeds"] or "none finished",
+            _pm(d["final_acc_mean"], d["final_acc_std"]),
+            _pm(d["avg_inc_acc_mean"], d["avg_inc_acc_std"]),
+            _pm(d["forgetting_mean"], d["forgetting_std"]),
+            _num(d["paper_final_acc"]), _num(d["diff_final_acc"], True),
+            _num(d["paper_avg_inc_acc"]), _num(d["diff_avg_inc_acc"], True),
+            _num(d["wall_minutes_mean"]), _num(d["peak_gpu_mem_gib_max"]),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    dicts = [r.as_dict() for r in rows]
+    fields = list(dicts[0]) if dicts else ["setting"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for d in dicts:
+        writer.writerow({k: ("" if v is None else v) for k, v in d.items()})
+    return buf.getvalue()
+
+
+def write_summary(rows: list[Row], out_dir: Path, title: str = "Results") -> str:
+    """Write summary.md and summary.csv into ``out_dir``; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = (f"# {title}\n\nAccuracies in %, mean ± sample std over the seeds that finished; "
+          "Δ = ours − paper.\n\n" + markdown_table(rows))
+    (out_dir / "summary.md").write_text(md)
+    (out_dir / "summary.csv").write_text(csv_table(rows))
+    return md
