@@ -10,7 +10,6 @@ Outputs go to runs/<config name>/seed<seed>/ unless --output is given.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -27,8 +26,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--output", default=None, help="run directory (default runs/<name>/seed<seed>)")
     p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the run directory after its last completed task "
+                        "(also the default when a checkpoint of the same config is there)")
     p.add_argument("--force", action="store_true",
-                   help="run even if the run directory holds results of a different config")
+                   help="start from scratch even if the run directory holds a run (of this or "
+                        "another config); its checkpoint and metrics are replaced")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")

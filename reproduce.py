@@ -78,6 +78,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: every visible GPU; 'cpu' for none)")
+    p.add_argument("--cpu-jobs", type=int, default=1,
+                   help="concurrent runs when running on CPU (each gets cores / jobs threads)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -154,24 +156,29 @@ def check_data(plan: list[Run]) -> list[str]:
     return problems
 
 
-def gpu_slots(spec: Optional[str]) -> list[str]:
-    """Device slots: one per GPU id, or ['cpu']."""
+def gpu_slots(spec: Optional[str], cpu_jobs: int = 1) -> list[str]:
+    """Device slots: one per GPU id, or ``cpu_jobs`` x 'cpu' when no GPU is used."""
     if spec is not None:
         ids = [g.strip() for g in spec.split(",") if g.strip()]
-        return ["cpu"] if not ids or ids == ["cpu"] else ids
-    try:
-        import torch
-        n = torch.cuda.device_count()
-    except Exception:  # noqa: BLE001
-        n = 0
-    return [str(i) for i in range(n)] or ["cpu"]
+        if ids and ids != ["cpu"]:
+            return ids
+    else:
+        try:
+            import torch
+            n = torch.cuda.device_count()
+        except Exception:  # noqa: BLE001
+            n = 0
+        if n:
+            return [str(i) for i in range(n)]
+    return ["cpu"] * max(1, cpu_jobs)
 
 
 def print_plan(plan: list[Run], slots: list[str]) -> None:
     pending = 0
     for run in plan:
         if run.status == "pending":
-            run.device = "cpu" if slots == ["cpu"] else f"cuda:{slots[pending % len(slots)]}"
+            slot = slots[pending % len(slots)]
+            run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
             pending += 1
         else:
             run.device = "-"
@@ -201,6 +208,8 @@ def execute(plan: list[Run], slots: list[str]) -> None:
             env = dict(os.environ)
             if slot != "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = slot
+            elif len(slots) > 1:  # share the cores between concurrent CPU runs
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
             run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
             run.out_dir.mkdir(parents=True, exist_ok=True)
             with lock:
@@ -244,7 +253,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    slots = gpu_slots(args.gpus)
+    if args.cpu_jobs < 1:
+        print(f"error: --cpu-jobs must be >= 1, got {args.cpu_jobs}", file=sys.stderr)
+        return 2
+    slots = gpu_slots(args.gpus, args.cpu_jobs)
     conflicts = [r for r in plan if r.status == "conflict"]
     problems = check_data(plan)
     if args.dry_run:

@@ -1,11 +1,13 @@
 """Benchmarks, the folder layout, class order and task split, transforms, synthetic data."""
 from .benchmarks import BENCHMARKS, Benchmark, BenchmarkSpec, build_benchmark, check_folder_root, register_benchmark
-from .folder import BadImageError, DataError, FolderImageSet, ImageSet, Repeated, TaskDataset
+from .folder import (BadImageError, BadSample, Batch, DataError, FolderImageSet, ImageSet, Repeated,
+                     TaskDataset, skipping_collate)
 from .synthetic import SyntheticImageSet, class_images
 from .tasks import class_order, split_tasks
 
 __all__ = [
-    "BENCHMARKS", "BadImageError", "Benchmark", "BenchmarkSpec", "DataError", "FolderImageSet",
+    "BENCHMARKS", "BadImageError", "BadSample", "Batch", "Benchmark", "BenchmarkSpec", "DataError", "FolderImageSet",
     "ImageSet", "Repeated", "SyntheticImageSet", "TaskDataset", "build_benchmark",
-    "check_folder_root", "class_images", "class_order", "register_benchmark", "split_tasks",
+    "check_folder_root", "class_images", "class_order", "register_benchmark", "skipping_collate",
+    "split_tasks",
 ]

@@ -33,11 +33,11 @@ class Benchmark:
         return split_tasks(class_order(self.num_classes, seed, shuffle), num_tasks)
 
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
-                     transform: Optional[Callable] = None) -> TaskDataset:
+                     transform: Optional[Callable] = None, skip_bad: bool = False) -> TaskDataset:
         images = self.train if split == "train" else self.val
         if transform is None:
             transform = self.train_transform if split == "train" else self.eval_transform
-        return TaskDataset(images, classes, label_offset, transform)
+        return TaskDataset(images, classes, label_offset, transform, skip_bad)
 
 
 @dataclass(frozen=True)

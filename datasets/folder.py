@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from splitlora.errors import UserError
 
@@ -76,14 +76,43 @@ class FolderImageSet(ImageSet):
                                 f"{type(exc).__name__}: {exc}") from None
 
 
+class BadSample(NamedTuple):
+    """Placeholder for an unreadable image when bad images are skipped."""
+
+    path: str
+
+
+class Batch(NamedTuple):
+    """A batch from :func:`skipping_collate`: images / labels (None if all were bad) and the
+    paths of the unreadable images that were dropped."""
+
+    images: Any
+    labels: Any
+    bad: list
+
+
+def skipping_collate(samples: list) -> Batch:
+    good = [s for s in samples if not isinstance(s, BadSample)]
+    bad = [s.path for s in samples if isinstance(s, BadSample)]
+    if not good:
+        return Batch(None, None, bad)
+    images, labels = default_collate(good)
+    return Batch(images, labels, bad)
+
+
 class TaskDataset(Dataset):
-    """The samples of ``classes`` from an image set, labelled ``label_offset + position``."""
+    """The samples of ``classes`` from an image set, labelled ``label_offset + position``.
+
+    With ``skip_bad=True`` an unreadable image yields a :class:`BadSample` (dropped and
+    counted by :func:`skipping_collate`) instead of raising :class:`BadImageError`.
+    """
 
     def __init__(self, images: ImageSet, classes: Sequence[int], label_offset: int,
-                 transform: Optional[Callable] = None) -> None:
+                 transform: Optional[Callable] = None, skip_bad: bool = False) -> None:
         pos = {c: j for j, c in enumerate(classes)}
         self.images = images
         self.transform = transform
+        self.skip_bad = skip_bad
         self.indices = [i for i, c in enumerate(images.targets) if c in pos]
         self.labels = [label_offset + pos[images.targets[i]] for i in self.indices]
 
@@ -91,7 +120,13 @@ class TaskDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        img = self.images.load(self.indices[i])
+        try:
+            img = self.images.load(self.indices[i])
+        except BadImageError:
+            if not self.skip_bad:
+                raise
+            log.warning("skipping unreadable image %s", self.images.describe(self.indices[i]))
+            return BadSample(self.images.describe(self.indices[i]))
         if self.transform is not None:
             img = self.transform(img)
         return img, self.labels[i]

@@ -6,14 +6,14 @@ one ``error: ...`` line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 from .config import Config, ConfigError, dump_yaml, load_config, to_dict
-from .errors import UserError
+from .errors import UserError, user_message
+from .fileio import read_json
 
 log = logging.getLogger("splitlora")
 
@@ -64,6 +64,31 @@ def print_report(metrics: dict, out: Path) -> None:
     print(f"results: {out / 'metrics.json'}")
 
 
+def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
+    """Decide what to do with an existing run directory, before anything is written.
+
+    Returns (mode, checkpoint state, metrics): mode is 'fresh', 'resume' or 'complete'.
+    """
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    previous = read_previous_config(out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if previous is not None and not args.force:
+        diff = config_diff(previous, to_dict(cfg))
+        if diff:
+            raise ConfigError(f"run directory {out} holds a run of a different config ("
+                              + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+                              + "). Pass another --output, or --force to replace it.")
+        metrics = read_json(out / "metrics.json")
+        if metrics.get("complete") and not args.resume:
+            return "complete", None, metrics
+        if ckpt_path.is_file():
+            return "resume", load_checkpoint(ckpt_path), None
+    if args.resume:
+        raise ConfigError(f"--resume: no checkpoint of this config in {out} (nothing to resume); "
+                          "run without --resume to start it")
+    return "fresh", None, None
+
+
 def run_cli(args: argparse.Namespace) -> int:
     try:
         overrides = list(args.overrides)
@@ -74,38 +99,34 @@ def run_cli(args: argparse.Namespace) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         out = Path(args.output) if args.output else default_output(cfg)
-        previous = read_previous_config(out)
-        if previous is not None and not args.force:
-            diff = config_diff(previous, to_dict(cfg))
-            if diff:
-                raise ConfigError(f"run directory {out} holds a run of a different config ("
-                                  + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
-                                  + "). Pass another --output, or --force to replace it.")
-            metrics_path = out / "metrics.json"
-            if metrics_path.is_file():
-                try:
-                    done = json.loads(metrics_path.read_text())
-                except (json.JSONDecodeError, OSError):
-                    done = {}
-                if done.get("complete"):
-                    print(f"{out} already holds the complete results of this config "
-                          "(pass --force to run again)")
-                    print_report(done, out)
-                    return 0
-        from .experiment import Experiment, prepare_run_dir, setup_logging  # imports torch
-        setup_logging(None)
-        exp = Experiment(cfg, out, progress=not args.no_progress)  # checks the data first
-        prepare_run_dir(cfg, out)
-        setup_logging(out / "log.txt")
-        log.info("config %s -> run directory %s", args.config, out)
-        exp.build()
+        mode, ckpt, done = inspect_run_dir(out, cfg, args)
+        if mode == "complete":
+            print(f"{out} already holds the complete results of this config "
+                  "(pass --force to run again)")
+            print_report(done, out)
+            return 0
+        from .checkpoint import CHECKPOINT_NAME  # noqa: F401  (imports torch)
+        from .experiment import Experiment, attach_log_file, setup_logging
+        setup_logging()
+        exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
+        exp.build()  # weights: errors here still leave the run directory untouched
+        if ckpt is not None:
+            exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
+        elif args.force:  # a fresh start replaces the previous run's state
+            for name in (CHECKPOINT_NAME, "metrics.json"):
+                (out / name).unlink(missing_ok=True)
+        exp.start()
+        attach_log_file(out / "log.txt")
+        log.info("config %s -> run directory %s (%s)", args.config, out,
+                 "resumed" if ckpt is not None else "new run")
         metrics = exp.run()
         print_report(metrics, out)
         return 0
     except UserError as exc:
         logging.getLogger().handlers.clear()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: the last completed task is checkpointed; run the same command to "
+              "continue", file=sys.stderr)
         return 130

@@ -110,6 +110,7 @@ class DatasetConfig:
     num_tasks: int = 10
     shuffle_classes: bool = True  # class order: sorted ids permuted by numpy PCG64(seed)
     class_order_seed: Optional[int] = None  # None: the run seed
+    skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -248,7 +249,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"bad override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(f"bad override {text!r}: value is not valid YAML ({_yaml_problem(exc)})"
+                          ) from None
     return key.split("."), value
 
 
@@ -272,6 +274,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- loading
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error: 'line L, column C: problem'."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -279,7 +288,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(exc)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

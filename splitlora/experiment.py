@@ -1,27 +1,28 @@
 """One experiment from a resolved config: build, run every task, write the run directory.
 
 Run directory contents: ``config.yaml`` (resolved), ``log.txt``, ``metrics.json`` (rewritten
-after every task; ``"complete": true`` once the last task is evaluated).
+after every task; ``"complete": true`` once the last task is evaluated), ``env.json``
+(versions, device, commit, weights, timings), ``checkpoint.pt`` (state after the last
+completed task, for exact resumption).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
-import tempfile
+import logging.handlers
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import timm
 import torch
 
-from datasets import Benchmark, Repeated, build_benchmark
+from datasets import Benchmark, Repeated, build_benchmark, skipping_collate
 from models import ContinualViT, create_backbone, file_sha256
 
 from . import engine
+from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
+from .fileio import atomic_write_text, read_json, write_json_atomic
 from .learner import Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
 from .runinfo import environment, hub_weights_file, utc_now
@@ -38,32 +39,6 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
                           "use device=cpu or device=auto")
     return device
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def model_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -117,7 +92,9 @@ def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
 
 
 class Experiment:
-    """Holds everything of one run; ``run()`` executes the remaining tasks."""
+    """Everything of one run. Lifecycle: ``Experiment(cfg, out)`` (checks names and data),
+    ``build()`` (model, weights), optionally ``load_state_dict(checkpoint)``, ``start()``
+    (writes the run directory), ``run()`` (the remaining tasks, a checkpoint after each)."""
 
     def __init__(self, cfg: Config, output_dir: Path, progress: bool = True) -> None:
         self.cfg = cfg
@@ -136,10 +113,12 @@ class Experiment:
                                       cfg.seed if order_seed is None else order_seed,
                                       cfg.dataset.shuffle_classes)
         self.tracker = AccuracyTracker(len(self.tasks))
-        self.task_seconds: list[float] = []
-        self.started = time.time()
+        self.bad_images: set[str] = set()
         self.model: Optional[ContinualViT] = None
         self.learner: Optional[Learner] = None
+        self.env: dict = {}
+        self.timing = {"task_seconds": [], "wall_seconds": 0.0}
+        self._clock = time.time()
 
     def build(self) -> None:
         """Build the model (download or load weights) and the learner."""
@@ -148,29 +127,81 @@ class Experiment:
         self.learner = build_learner(self.cfg, self.model, self.device)
         self.env = environment(self.device)
         self.env["weights"] = weights_info(self.cfg, self.model.backbone)
-        self.env["start_time"] = utc_now()
-        self.env["end_time"] = None
-        write_json_atomic(self.out / "env.json", self.env)
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly after the last completed task."""
+        self._tick()
+        return {
+            "config_hash": config_hash(self.cfg),
+            "tasks_done": self.tracker.tasks_done(),
+            "weights": self.env["weights"],
+            "qkv": [a.base_layer.state_dict() for a in self.model.adapters],
+            "head_sizes": [h.out_features for h in self.model.heads.heads],
+            "heads": self.model.heads.state_dict(),
+            "learner": self.learner.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "bad_images": sorted(self.bad_images),
+            "timing": dict(self.timing),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict, source: Path) -> None:
+        """Restore a checkpoint of this exact config (refused otherwise)."""
+        if state.get("config_hash") != config_hash(self.cfg):
+            raise CheckpointError(f"checkpoint {source} belongs to another config (hash "
+                                  f"{state.get('config_hash')} != {config_hash(self.cfg)}); move "
+                                  "it away or use another --output")
+        if state.get("weights") != self.env["weights"]:
+            raise CheckpointError(f"checkpoint {source} was made from other backbone weights "
+                                  f"({state.get('weights')}); this run loads {self.env['weights']}")
+        try:
+            for adapter, qkv in zip(self.model.adapters, state["qkv"], strict=True):
+                adapter.base_layer.load_state_dict(qkv)
+            for n in state["head_sizes"]:
+                self.model.heads.add_head(n).to(self.device)
+            self.model.heads.load_state_dict(state["heads"])
+            self.learner.load_state_dict(state["learner"])
+            self.tracker.load_state_dict(state["tracker"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {source} does not fit this model "
+                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        self.bad_images = set(state["bad_images"])
+        self.timing = {k: (list(v) if isinstance(v, list) else v) for k, v in state["timing"].items()}
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s after task %d of %d", self.out, self.tracker.tasks_done(),
+                 len(self.tasks))
+
+    def _tick(self) -> None:
+        now = time.time()
+        self.timing["wall_seconds"] += now - self._clock
+        self._clock = now
 
     # ----------------------------------------------------------------- data
+    def _loader(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
+        skip = self.cfg.dataset.skip_bad_images
+        loader = engine.make_loader(ds, batch_size, shuffle=shuffle, num_workers=workers,
+                                    device=self.device, seed=seed,
+                                    collate_fn=skipping_collate if skip else None)
+        return engine.SkipBadImages(loader, self.bad_images) if skip else loader
+
     def train_loader(self, task: int, for_covariance: bool = False):
         cfg = self.cfg
         classes = self.tasks[task]
-        offset = task * len(classes)
         plain = for_covariance and cfg.split.cov_pass == "plain"
-        ds = self.bench.task_dataset("train", classes, offset,
-                                     self.bench.eval_transform if plain else None)
+        ds = self.bench.task_dataset("train", classes, task * len(classes),
+                                     self.bench.eval_transform if plain else None,
+                                     skip_bad=cfg.dataset.skip_bad_images)
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
-        return engine.make_loader(ds, cfg.train.batch_size, shuffle=True,
-                                  num_workers=cfg.train.num_workers, device=self.device,
-                                  seed=derived_seed(cfg.seed, task, 2 if for_covariance else 3))
+        return self._loader(ds, cfg.train.batch_size, True, cfg.train.num_workers,
+                            derived_seed(cfg.seed, task, 2 if for_covariance else 3))
 
     def val_loader(self, task: int):
         classes = self.tasks[task]
-        ds = self.bench.task_dataset("val", classes, task * len(classes))
-        return engine.make_loader(ds, self.cfg.eval.batch_size, shuffle=False,
-                                  num_workers=self.cfg.eval.num_workers, device=self.device)
+        ds = self.bench.task_dataset("val", classes, task * len(classes),
+                                     skip_bad=self.cfg.dataset.skip_bad_images)
+        return self._loader(ds, self.cfg.eval.batch_size, False, self.cfg.eval.num_workers)
 
     # ----------------------------------------------------------------- run
     def run_task(self, task: int) -> None:
@@ -184,14 +215,17 @@ class Experiment:
         for j in range(task + 1):
             correct, total = self.learner.evaluate(self.val_loader(j), f"eval task {j}", self.progress)
             self.tracker.update(task, j, correct, total)
-        self.task_seconds.append(time.perf_counter() - t0)
+        self.timing["task_seconds"].append(time.perf_counter() - t0)
         row = self.tracker.acc_matrix()[task]
         acc = self.tracker.acc_after_task()[task]
         log.info("task %d/%d done in %.1fs: accuracy over seen tasks %.2f%% (per task: %s)",
-                 task + 1, len(self.tasks), self.task_seconds[-1], acc,
+                 task + 1, len(self.tasks), self.timing["task_seconds"][-1], acc,
                  ", ".join(f"{v:.1f}" for v in row[: task + 1]))
+        if self.bad_images:
+            log.warning("%d unreadable image(s) skipped so far", len(self.bad_images))
 
     def metrics(self) -> dict:
+        """Results only (deterministic for a seed on CPU); timings live in env.json."""
         done = self.tracker.tasks_done()
         out = {
             "name": self.cfg.name,
@@ -206,52 +240,80 @@ class Experiment:
         out["split_dims"] = self.learner.split_dims
         out["interference"] = self.learner.interference
         out["task_classes"] = self.tasks
-        out["task_seconds"] = self.task_seconds
-        out["wall_seconds"] = time.time() - self.started
-        out["peak_gpu_mem_gib"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
-                                   if self.device.type == "cuda" else None)
+        out["bad_images"] = {"count": len(self.bad_images), "files": sorted(self.bad_images)[:50]}
         return out
+
+    def write_env(self, end: bool = False) -> None:
+        self._tick()
+        self.env["end_time"] = utc_now() if end else None
+        self.env["timing"] = dict(self.timing)
+        self.env["peak_gpu_mem_gib"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
+                                        if self.device.type == "cuda" else None)
+        write_json_atomic(self.out / "env.json", self.env)
+
+    def start(self) -> None:
+        """Write config.yaml and env.json (keeping the first start time of a resumed run)."""
+        prepare_run_dir(self.cfg, self.out)
+        previous = read_json(self.out / "env.json")
+        self.env["start_time"] = previous.get("start_time") or utc_now()
+        sessions = previous.get("sessions", []) if previous else []
+        sessions.append({"start_time": utc_now(), "from_task": self.tracker.tasks_done(),
+                         "hostname": self.env["hostname"], "device": self.env["device"],
+                         "gpu": self.env["gpu"]})
+        self.env["sessions"] = sessions
+        self._clock = time.time()
+        self.write_env()
+
+    def run(self) -> dict:
+        log.info("run %s: method %s, %d tasks of %d classes, device %s", self.cfg.name,
+                 self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
+        for task in range(self.tracker.tasks_done(), len(self.tasks)):
+            self.run_task(task)
+            save_checkpoint(self.out, self.state_dict())
+            self.write_metrics()
+            self.write_env()
+        self.write_env(end=True)
+        return self.write_metrics()
 
     def write_metrics(self) -> dict:
         m = self.metrics()
         write_json_atomic(self.out / "metrics.json", m)
         return m
 
-    def run(self) -> dict:
-        if self.learner is None:
-            self.build()
-        log.info("run %s: method %s, %d tasks of %d classes, device %s, %s", self.cfg.name,
-                 self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device,
-                 platform.node())
-        for task in range(self.tracker.tasks_done(), len(self.tasks)):
-            self.run_task(task)
-            self.write_metrics()
-        self.env["end_time"] = utc_now()
-        write_json_atomic(self.out / "env.json", self.env)
-        return self.write_metrics()
 
-
-def setup_logging(log_file: Optional[Path], level: int = logging.INFO) -> None:
-    """Console (stderr) and optional file logging for the ``splitlora`` loggers."""
+def setup_logging(level: int = logging.INFO) -> None:
+    """Console logging now; records are also buffered until :func:`attach_log_file`, so that
+    log.txt receives the whole run but nothing is written before the inputs are validated."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_splitlora", False):
             root.removeHandler(h)
             h.close()
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    handlers = [console]
-    if log_file is not None:
-        fh = logging.FileHandler(log_file, mode="a")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handlers.append(fh)
-    for h in handlers:
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    buffer._splitlora_buffer = True  # type: ignore[attr-defined]
+    for h in (console, buffer):
         h._splitlora = True  # type: ignore[attr-defined]
         root.addHandler(h)
     root.setLevel(level)
 
 
+def attach_log_file(path: Path) -> None:
+    """Send logging to ``path`` (appending), starting with the buffered records."""
+    root = logging.getLogger()
+    fh = logging.FileHandler(path, mode="a")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fh._splitlora = True  # type: ignore[attr-defined]
+    for h in list(root.handlers):
+        if getattr(h, "_splitlora_buffer", False):
+            h.setTarget(fh)
+            h.flush()
+            root.removeHandler(h)
+            h.close()
+    root.addHandler(fh)
+
+
 def prepare_run_dir(cfg: Config, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    atomic_write_text(out / "config.yaml", dump_yaml(cfg))

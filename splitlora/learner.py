@@ -23,6 +23,7 @@ from models import ContinualViT, lora_parameters
 from . import engine
 from .config import Config, ConfigError
 from .covariance import CovarianceAccumulator
+from .errors import NumericalError
 from .subspace import free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A, \
     spectrum, split_point
 
@@ -170,7 +171,13 @@ class SplitLoRA(Learner):
         self.cov.all_reduce()
         dims, interf = [], []
         for layer in range(self.cov.num_layers):
-            vals, vecs = spectrum(self.cov.covariance(layer))
+            try:
+                vals, vecs = spectrum(self.cov.covariance(layer))
+            except FloatingPointError:
+                raise NumericalError(f"the feature covariance of block {layer} holds non-finite "
+                                     f"values after task {task}; the run stops (the checkpoint of "
+                                     "the previous task is kept). Check the data and train.amp."
+                                     ) from None
             k = split_point(vals, task + 1, self.cfg.split.alpha)
             self.bases[layer] = free_basis_from_spectrum(vecs, k).to(torch.float32).cpu()
             dims.append(k)

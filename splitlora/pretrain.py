@@ -6,8 +6,6 @@ loaded from there, the same path a user with offline ViT-B weights takes.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,22 +19,16 @@ from models import create_backbone
 
 from .config import Config
 from .engine import make_loader
+from .fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
 def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
-    from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp,
-                  metadata={k: str(v) for k, v in metadata.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from safetensors.torch import save
+    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                metadata={k: str(v) for k, v in metadata.items()})
+    atomic_write_bytes(path, data)
 
 
 def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device,

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 import yaml
+
+from .fileio import read_json
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "configs" / "published.yaml"
 
@@ -24,12 +25,13 @@ def load_published(path: Path = PUBLISHED) -> dict:
 
 def read_metrics(run_dir: Path) -> Optional[dict]:
     """metrics.json of a run directory when it is complete, else None."""
-    path = run_dir / "metrics.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("complete") else None
+    data = read_json(run_dir / "metrics.json")
+    return data if data.get("complete") else None
+
+
+def read_env(run_dir: Path) -> dict:
+    """env.json of a run directory ({} when absent or unreadable)."""
+    return read_json(run_dir / "env.json")
 
 
 def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
@@ -80,6 +82,9 @@ def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
         row = rows.setdefault((setting, method), Row(setting, method, paper=paper))
         metrics = read_metrics(run_dir)
         if metrics is not None:
+            env = read_env(run_dir)
+            metrics = dict(metrics, wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
+                           peak_gpu_mem_gib=env.get("peak_gpu_mem_gib"))
             row.seeds.append(seed)
             row.runs.append(metrics)
     return list(rows.values())

@@ -40,6 +40,29 @@ def run_main(args: list[str], cwd: Path | None = None, timeout: int = 300) -> su
                           cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def main_inprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """main.py's entry point called in this process (no interpreter start-up): same arguments,
+    exit status and output as a subprocess, for the many cheap error-path checks."""
+    import contextlib
+    import io
+    import logging
+
+    import main as main_module
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main_module.main(["--no-progress", *args])
+    finally:
+        os.chdir(old)
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_splitlora", False):
+                logging.getLogger().removeHandler(h)
+                h.close()
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

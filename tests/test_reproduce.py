@@ -49,7 +49,7 @@ def reproduced(tmp_path_factory):
     work = tmp_path_factory.mktemp("repro")
     data = _fabricate(work / "data")
     proc = reproduce("--data-root", "data", "--seeds", "0", "1", "--gpus", "cpu",  # relative paths
-                     "--output", "results", *_tiny_sets(), cwd=work)
+                     "--cpu-jobs", "2", "--output", "results", *_tiny_sets(), cwd=work)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return work, data, proc
 
