@@ -55,13 +55,18 @@ class Run:
     status: str = "pending"  # done | pending | conflict
     device: str = "cpu"
     detail: str = ""
+    procs: int = 1  # processes (GPUs) of the run
     returncode: Optional[int] = None
     seconds: float = 0.0
     command: list[str] = field(default_factory=list)
 
     def main_command(self) -> list[str]:
-        cmd = [sys.executable, str(REPO / "main.py"), "--config", str(self.config),
-               "--seed", str(self.seed), "--output", str(self.out_dir), "--no-progress"]
+        launcher = [sys.executable]
+        if self.procs > 1:  # one data-parallel process per GPU of the slot
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                         str(self.procs)]
+        cmd = launcher + [str(REPO / "main.py"), "--config", str(self.config),
+                          "--seed", str(self.seed), "--output", str(self.out_dir), "--no-progress"]
         for o in self.overrides:
             cmd += ["--set", o]
         return cmd
@@ -78,6 +83,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: every visible GPU; 'cpu' for none)")
+    p.add_argument("--gpus-per-run", type=int, default=1,
+                   help="GPUs (torchrun data-parallel processes) given to each run")
     p.add_argument("--cpu-jobs", type=int, default=1,
                    help="concurrent runs when running on CPU (each gets cores / jobs threads)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
@@ -156,21 +163,22 @@ def check_data(plan: list[Run]) -> list[str]:
     return problems
 
 
-def gpu_slots(spec: Optional[str], cpu_jobs: int = 1) -> list[str]:
-    """Device slots: one per GPU id, or ``cpu_jobs`` x 'cpu' when no GPU is used."""
+def gpu_slots(spec: Optional[str], cpu_jobs: int = 1, per_run: int = 1) -> list[str]:
+    """Device slots: groups of ``per_run`` GPU ids ('0,1'), or ``cpu_jobs`` x 'cpu'."""
+    ids: list[str] = []
     if spec is not None:
-        ids = [g.strip() for g in spec.split(",") if g.strip()]
-        if ids and ids != ["cpu"]:
-            return ids
+        ids = [g.strip() for g in spec.split(",") if g.strip() and g.strip() != "cpu"]
     else:
         try:
             import torch
-            n = torch.cuda.device_count()
+            ids = [str(i) for i in range(torch.cuda.device_count())]
         except Exception:  # noqa: BLE001
-            n = 0
-        if n:
-            return [str(i) for i in range(n)]
-    return ["cpu"] * max(1, cpu_jobs)
+            ids = []
+    if not ids:
+        return ["cpu"] * max(1, cpu_jobs)
+    if len(ids) < per_run:
+        raise ConfigError(f"--gpus-per-run {per_run} but only {len(ids)} GPU(s): {','.join(ids)}")
+    return [",".join(ids[i:i + per_run]) for i in range(0, len(ids) - per_run + 1, per_run)]
 
 
 def print_plan(plan: list[Run], slots: list[str]) -> None:
@@ -253,10 +261,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.cpu_jobs < 1:
-        print(f"error: --cpu-jobs must be >= 1, got {args.cpu_jobs}", file=sys.stderr)
+    for flag in ("cpu_jobs", "gpus_per_run"):
+        if getattr(args, flag) < 1:
+            print(f"error: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
+            return 2
+    try:
+        slots = gpu_slots(args.gpus, args.cpu_jobs, args.gpus_per_run)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    slots = gpu_slots(args.gpus, args.cpu_jobs)
+    for run in plan:
+        run.procs = 1 if slots[0] == "cpu" else args.gpus_per_run
     conflicts = [r for r in plan if r.status == "conflict"]
     problems = check_data(plan)
     if args.dry_run:

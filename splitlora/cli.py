@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -90,6 +91,7 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -101,32 +103,42 @@ def run_cli(args: argparse.Namespace) -> int:
         out = Path(args.output) if args.output else default_output(cfg)
         mode, ckpt, done = inspect_run_dir(out, cfg, args)
         if mode == "complete":
+            if not main_process:
+                return 0
             print(f"{out} already holds the complete results of this config "
                   "(pass --force to run again)")
             print_report(done, out)
             return 0
         from .checkpoint import CHECKPOINT_NAME  # noqa: F401  (imports torch)
         from .experiment import Experiment, attach_log_file, setup_logging
-        setup_logging()
+        setup_logging(logging.INFO if main_process else logging.WARNING)
         exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
         exp.build()  # weights: errors here still leave the run directory untouched
         if ckpt is not None:
             exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
-        elif args.force:  # a fresh start replaces the previous run's state
+        elif args.force and main_process:  # a fresh start replaces the previous run's state
             for name in (CHECKPOINT_NAME, "metrics.json"):
                 (out / name).unlink(missing_ok=True)
         exp.start()
-        attach_log_file(out / "log.txt")
-        log.info("config %s -> run directory %s (%s)", args.config, out,
-                 "resumed" if ckpt is not None else "new run")
+        if main_process:
+            attach_log_file(out / "log.txt")
+        log.info("config %s -> run directory %s (%s%s)", args.config, out,
+                 "resumed" if ckpt is not None else "new run",
+                 f", {exp.dist.world_size} processes" if exp.dist.enabled else "")
         metrics = exp.run()
-        print_report(metrics, out)
+        if main_process:
+            print_report(metrics, out)
         return 0
     except UserError as exc:
         logging.getLogger().handlers.clear()
-        print(f"error: {user_message(exc)}", file=sys.stderr)
+        if main_process:
+            print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; run the same command to "
               "continue", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:
+            from .distributed import shutdown
+            shutdown()

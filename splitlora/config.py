@@ -82,6 +82,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
     num_workers: int = 8
     tf32: bool = True  # allow TF32 matmuls on CUDA (the official code sets precision 'high')
+    compile: bool = False  # torch.compile the training forward (falls back to eager on failure)
     max_bad_steps: int = 20  # fp16: consecutive non-finite losses tolerated (skipped) before stopping
 
 

@@ -48,8 +48,16 @@ class CovarianceAccumulator:
             return torch.zeros_like(self.sums[layer])
         return self.sums[layer] / count
 
+    def add_(self, other: "CovarianceAccumulator") -> None:
+        """Add another accumulator's sums and counts (e.g. one task's pass) to this one."""
+        self.sums += other.sums
+        self.counts += other.counts
+
     def all_reduce(self) -> None:
-        """Sum the state over a torch.distributed process group (no-op when not running)."""
+        """Sum the state over a torch.distributed process group (no-op when not running).
+
+        Reduce only what this process collected since the last reduction (one pass), never
+        a running total that already holds reduced sums."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.sums)
             torch.distributed.all_reduce(self.counts)

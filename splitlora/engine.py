@@ -85,6 +85,7 @@ class SkipBadImages:
     def __init__(self, loader: DataLoader, sink: set) -> None:
         self.loader = loader
         self.sink = sink
+        self.sampler = loader.sampler
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -94,6 +95,30 @@ class SkipBadImages:
             self.sink.update(bad)
             if images is not None:
                 yield images, labels
+
+
+class CompiledForward:
+    """``torch.compile(module)`` with a permanent fallback to eager mode when compilation is
+    unavailable or fails (no compiler, unsupported platform, ...)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.compiled = None
+        try:
+            self.compiled = torch.compile(module)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("torch.compile unavailable (%s: %s); running eagerly",
+                        type(exc).__name__, str(exc)[:200])
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("torch.compile failed (%s: %s); running eagerly",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                self.compiled = None
+        return self.module(*args, **kwargs)
 
 
 def _progress(iterable: Iterable, desc: str, total: Optional[int] = None, enabled: bool = True):
@@ -120,8 +145,8 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
     """Train the current adapter and head on one task for ``cfg.epochs`` epochs.
 
     Labels from the loader are global; the loss sees task-local labels on the current
-    head: cross-entropy(logits / temperature). ``step_hook(model)`` runs after every
-    optimizer step (e.g. gradient projection of a trainable A).
+    head: cross-entropy(logits / temperature). ``step_hook()`` runs after every optimizer
+    step (e.g. to keep a trainable A inside its subspace).
     """
     optimizer = make_optimizer(lora_params, head_params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
@@ -131,7 +156,11 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
     stats = []
     bad_streak = 0  # with fp16 + scaler an overflowing step is skipped, as GradScaler does
     poison = nan_loss_task() == task  # fault injection for tests (inactive by default)
+    forward = CompiledForward(model) if cfg.compile else model
+    sampler = getattr(loader, "sampler", None)
     for epoch in range(cfg.epochs):
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
+            sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
@@ -142,7 +171,7 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
             images = images.to(device, non_blocking=True)
             target = labels.to(device, non_blocking=True) - label_offset
             with autocast(device, amp_dtype):
-                logits = model(images, task)
+                logits = forward(images, task)
             loss = F.cross_entropy(logits.float() / cfg.temperature, target)
             if poison:
                 loss, poison = loss * float("nan"), False
@@ -163,7 +192,7 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
             scaler.step(optimizer)
             scaler.update()
             if step_hook is not None:
-                step_hook(model)
+                step_hook()
             n = images.shape[0]
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(1) == target).sum()

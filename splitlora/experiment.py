@@ -15,6 +15,7 @@ from typing import Optional
 
 import timm
 import torch
+from torch.utils.data import DistributedSampler
 
 from datasets import Benchmark, Repeated, build_benchmark, skipping_collate
 from models import ContinualViT, create_backbone, file_sha256
@@ -22,6 +23,7 @@ from models import ContinualViT, create_backbone, file_sha256
 from . import engine
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
+from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
 from .fileio import atomic_write_text, read_json, write_json_atomic
 from .learner import Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
@@ -30,14 +32,17 @@ from .runinfo import environment, hub_weights_file, utc_now
 log = logging.getLogger("splitlora")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
+    """``device`` config -> torch device; under torchrun each process takes its LOCAL_RANK GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         from .config import ConfigError
         raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
                           "use device=cpu or device=auto")
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
     return device
 
 
@@ -101,7 +106,8 @@ class Experiment:
         self.out = Path(output_dir)
         self.progress = progress
         check_names(cfg)
-        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -124,8 +130,9 @@ class Experiment:
         """Build the model (download or load weights) and the learner."""
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg, self.device, self.progress)
-        self.learner = build_learner(self.cfg, self.model, self.device)
+        self.learner = build_learner(self.cfg, self.model, self.device, self.dist)
         self.env = environment(self.device)
+        self.env["world_size"] = self.dist.world_size
         self.env["weights"] = weights_info(self.cfg, self.model.backbone)
 
     # ----------------------------------------------------------------- state
@@ -178,14 +185,18 @@ class Experiment:
         self._clock = now
 
     # ----------------------------------------------------------------- data
-    def _loader(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0):
+    def _loader(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
+                sampler=None):
         skip = self.cfg.dataset.skip_bad_images
         loader = engine.make_loader(ds, batch_size, shuffle=shuffle, num_workers=workers,
-                                    device=self.device, seed=seed,
+                                    device=self.device, seed=seed, sampler=sampler,
                                     collate_fn=skipping_collate if skip else None)
         return engine.SkipBadImages(loader, self.bad_images) if skip else loader
 
     def train_loader(self, task: int, for_covariance: bool = False):
+        """Training data of a task (x expand_times); for the covariance pass, with the eval
+        transform and one copy when ``split.cov_pass: plain``. Under torchrun: training reads
+        a DistributedSampler shard of the global batch, the covariance pass an unpadded shard."""
         cfg = self.cfg
         classes = self.tasks[task]
         plain = for_covariance and cfg.split.cov_pass == "plain"
@@ -194,14 +205,22 @@ class Experiment:
                                      skip_bad=cfg.dataset.skip_bad_images)
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
-        return self._loader(ds, cfg.train.batch_size, True, cfg.train.num_workers,
-                            derived_seed(cfg.seed, task, 2 if for_covariance else 3))
+        seed = derived_seed(cfg.seed, task, 2 if for_covariance else 3)
+        batch, sampler = cfg.train.batch_size, None
+        if self.dist.enabled:
+            batch = per_rank_batch(batch, self.dist, "train.batch_size")
+            sampler = (ShardSampler(ds, self.dist) if for_covariance else DistributedSampler(
+                ds, self.dist.world_size, self.dist.rank, shuffle=True, seed=seed % 2**31))
+        return self._loader(ds, batch, True, cfg.train.num_workers, seed, sampler)
 
     def val_loader(self, task: int):
         classes = self.tasks[task]
         ds = self.bench.task_dataset("val", classes, task * len(classes),
                                      skip_bad=self.cfg.dataset.skip_bad_images)
-        return self._loader(ds, self.cfg.eval.batch_size, False, self.cfg.eval.num_workers)
+        batch, sampler = self.cfg.eval.batch_size, None
+        if self.dist.enabled:
+            batch, sampler = max(1, batch // self.dist.world_size), ShardSampler(ds, self.dist)
+        return self._loader(ds, batch, False, self.cfg.eval.num_workers, sampler=sampler)
 
     # ----------------------------------------------------------------- run
     def run_task(self, task: int) -> None:
@@ -209,12 +228,14 @@ class Experiment:
         classes = self.tasks[task]
         offset = task * len(classes)
         self.learner.before_task(task, len(classes))
-        self.learner.train_task(task, self.train_loader(task), offset, self.progress)
+        progress = self.progress and self.dist.is_main
+        self.learner.train_task(task, self.train_loader(task), offset, progress)
         self.learner.after_task(task, lambda: self.train_loader(task, for_covariance=True),
-                                last=task == len(self.tasks) - 1, progress=self.progress)
+                                last=task == len(self.tasks) - 1, progress=progress)
         for j in range(task + 1):
-            correct, total = self.learner.evaluate(self.val_loader(j), f"eval task {j}", self.progress)
-            self.tracker.update(task, j, correct, total)
+            correct, total = self.learner.evaluate(self.val_loader(j), f"eval task {j}",
+                                                   self.progress and self.dist.is_main)
+            self.tracker.update(task, j, *all_reduce_counts(correct, total, self.device))
         self.timing["task_seconds"].append(time.perf_counter() - t0)
         row = self.tracker.acc_matrix()[task]
         acc = self.tracker.acc_after_task()[task]
@@ -245,6 +266,8 @@ class Experiment:
 
     def write_env(self, end: bool = False) -> None:
         self._tick()
+        if not self.dist.is_main:
+            return
         self.env["end_time"] = utc_now() if end else None
         self.env["timing"] = dict(self.timing)
         self.env["peak_gpu_mem_gib"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -253,6 +276,9 @@ class Experiment:
 
     def start(self) -> None:
         """Write config.yaml and env.json (keeping the first start time of a resumed run)."""
+        self._clock = time.time()
+        if not self.dist.is_main:
+            return
         prepare_run_dir(self.cfg, self.out)
         previous = read_json(self.out / "env.json")
         self.env["start_time"] = previous.get("start_time") or utc_now()
@@ -261,7 +287,6 @@ class Experiment:
                          "hostname": self.env["hostname"], "device": self.env["device"],
                          "gpu": self.env["gpu"]})
         self.env["sessions"] = sessions
-        self._clock = time.time()
         self.write_env()
 
     def run(self) -> dict:
@@ -269,7 +294,8 @@ class Experiment:
                  self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
         for task in range(self.tracker.tasks_done(), len(self.tasks)):
             self.run_task(task)
-            save_checkpoint(self.out, self.state_dict())
+            if self.dist.is_main:
+                save_checkpoint(self.out, self.state_dict())
             self.write_metrics()
             self.write_env()
         self.write_env(end=True)
@@ -277,7 +303,8 @@ class Experiment:
 
     def write_metrics(self) -> dict:
         m = self.metrics()
-        write_json_atomic(self.out / "metrics.json", m)
+        if self.dist.is_main:
+            write_json_atomic(self.out / "metrics.json", m)
         return m
 
 

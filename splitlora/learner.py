@@ -23,6 +23,7 @@ from models import ContinualViT, lora_parameters
 from . import engine
 from .config import Config, ConfigError
 from .covariance import CovarianceAccumulator
+from .distributed import DistInfo
 from .errors import NumericalError
 from .subspace import free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A, \
     spectrum, split_point
@@ -43,12 +44,13 @@ def register_method(name: str):
     return deco
 
 
-def build_learner(cfg: Config, model: ContinualViT, device: torch.device) -> "Learner":
+def build_learner(cfg: Config, model: ContinualViT, device: torch.device,
+                  dist_info: DistInfo = DistInfo()) -> "Learner":
     cls = METHODS.get(cfg.method.name)
     if cls is None:
         raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
                           f"known: {', '.join(sorted(METHODS))}")
-    return cls(cfg, model, device)
+    return cls(cfg, model, device, dist_info)
 
 
 def derived_seed(*keys: int) -> int:
@@ -64,10 +66,12 @@ class Learner:
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device) -> None:
+    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
+                 dist_info: DistInfo = DistInfo()) -> None:
         self.cfg = cfg
         self.model = model
         self.device = device
+        self.dist = dist_info
         self.amp_dtype = engine.resolve_amp(cfg.train.amp, device)
         self.split_dims: list[Optional[list[int]]] = []
         self.interference: list[Optional[list[float]]] = []
@@ -105,15 +109,20 @@ class Learner:
             p.requires_grad_(False)
         for p in lora + head:
             p.requires_grad_(True)
+        net = self.model
+        if self.dist.enabled:  # gradients all-reduced over the processes
+            from torch.nn.parallel import DistributedDataParallel
+            net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         try:
-            return engine.train_task(self.model, task, loader, label_offset, lora, head,
-                                     self.cfg.train, self.device, self.amp_dtype, progress,
-                                     step_hook=self.after_step)
+            return engine.train_task(net, task, loader, label_offset, lora, head,
+                                     self.cfg.train, self.device, self.amp_dtype,
+                                     progress and self.dist.is_main, step_hook=self.after_step)
         finally:
             for p in lora + head:
                 p.requires_grad_(False)
 
-    def after_step(self, model: ContinualViT) -> None:
+    def after_step(self) -> None:
         """Called after every optimizer step (no-op by default)."""
 
     def after_task(self, task: int, make_cov_loader: Callable[[], DataLoader],
@@ -145,8 +154,9 @@ class SequentialLoRA(Learner):
 class SplitLoRA(Learner):
     """A of task t >= 1 is drawn inside the free subspace of the old tasks' features."""
 
-    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device) -> None:
-        super().__init__(cfg, model, device)
+    def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
+                 dist_info: DistInfo = DistInfo()) -> None:
+        super().__init__(cfg, model, device, dist_info)
         dim = model.adapters[0].in_features
         dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.split.cov_dtype]
         self.cov = CovarianceAccumulator(len(model.adapters), dim, dtype, device)
@@ -166,9 +176,12 @@ class SplitLoRA(Learner):
             self.interference.append(None)
             return
         cov_amp = self.amp_dtype if self.cfg.split.cov_amp else None
-        n = engine.covariance_pass(self.model, self.model.adapters, make_cov_loader(), self.cov,
-                                   self.device, cov_amp, f"task {task} covariance", progress)
-        self.cov.all_reduce()
+        this_task = CovarianceAccumulator(self.cov.num_layers, self.cov.dim, self.cov.sums.dtype,
+                                          self.device)
+        engine.covariance_pass(self.model, self.model.adapters, make_cov_loader(), this_task,
+                               self.device, cov_amp, f"task {task} covariance", progress)
+        this_task.all_reduce()  # the processes' shards of this task's data
+        self.cov.add_(this_task)  # sums and token counts accumulate over tasks, never reset
         dims, interf = [], []
         for layer in range(self.cov.num_layers):
             try:
@@ -184,8 +197,8 @@ class SplitLoRA(Learner):
             interf.append(interference(vals, k))
         self.split_dims.append(dims)
         self.interference.append(interf)
-        log.info("task %d split (%d images): frozen dims per block %s of %d", task, n, dims,
-                 self.cov.dim)
+        log.info("task %d split (%d tokens so far): frozen dims per block %s of %d", task,
+                 int(self.cov.counts[0]), dims, self.cov.dim)
 
     def state_dict(self) -> dict:
         state = super().state_dict()

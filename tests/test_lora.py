@@ -115,3 +115,47 @@ def test_merge_accumulates_tasks_in_the_base_weight():
         deltas.append(wrap.delta_weight().clone())
         wrap.merge()
     assert torch.allclose(wrap.base_layer.weight, w0 + sum(deltas), atol=1e-5)
+
+
+class _SeparateDeltas(nn.Module):
+    """Reference qkv: the pretrained Linear plus every old task's delta applied separately
+    (the official code's dense per-forward form)."""
+
+    def __init__(self, base: nn.Linear, deltas: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.base = base
+        self.deltas = deltas
+
+    def forward(self, x):
+        out = self.base(x)
+        for d in self.deltas:
+            out = out + nn.functional.linear(x, d)
+        return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_merged_forward_equals_old_deltas_applied_separately(fused):
+    torch.manual_seed(3)
+    pretrained = tiny_vit()
+    _set_fused(pretrained, fused)
+    reference = copy.deepcopy(pretrained).eval()
+    model = ContinualViT(pretrained, rank=4).eval()
+    deltas: list[list[torch.Tensor]] = [[] for _ in model.adapters]
+    for _ in range(5):  # five finished tasks, merged one after the other
+        for i, a in enumerate(model.adapters):
+            a.set_adapter(torch.randn_like(a.lora_A) * 0.1)
+            with torch.no_grad():
+                a.lora_B.normal_(0, 0.1)
+            deltas[i].append(a.delta_weight().detach().clone())
+            a.merge()
+    for block, ds in zip(reference.blocks, deltas):
+        block.attn.qkv = _SeparateDeltas(block.attn.qkv, ds)
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        merged, ref = model.features(x), reference(x)
+    rel = (merged - ref).abs().max() / ref.abs().max()
+    assert rel < 1e-5, float(rel)
+    with torch.no_grad():  # and the deltas matter: without them the output differs
+        for block in reference.blocks:
+            block.attn.qkv.deltas = []
+        assert (reference(x) - merged).abs().max() / ref.abs().max() > 1e-3
