@@ -5,6 +5,8 @@
     python reproduce.py --data-root /data --seeds 0 1 2 --gpus 0,1
     python reproduce.py --data-root /data --only cifar100_10 --dry-run
     python reproduce.py --data-root /data --set train.num_workers=16 --output results
+    python reproduce.py --data-root /data --suite ablation     # ImageNet-R, 3 subspace choices
+    python reproduce.py --suite demo --cpu-jobs 2              # the demo, 4 methods, CPU
 
 Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of the
 tools/split_*.py scripts), each overridable. Every run is an independent ``main.py``
@@ -48,7 +50,7 @@ class Run:
     method: str
     seed: int
     config: Path
-    data_root: Path
+    data_root: Optional[Path]
     out_dir: Path
     overrides: list[str]
     paper: dict
@@ -76,7 +78,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run every published setting and tabulate the results.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--data-root", required=True, help="folder holding cifar100/, imagenet-r/, domainnet/")
+    p.add_argument("--suite", default="main", help="main (the published table, default), ablation "
+                   "(ImageNet-R: splitlora, threshold, random_a) or demo (the synthetic demo, "
+                   "four methods, CPU, no data)")
+    p.add_argument("--data-root", help="folder holding cifar100/, imagenet-r/, domainnet/ "
+                   "(required except for --suite demo)")
     p.add_argument("--cifar100-root", help="override DIR/cifar100")
     p.add_argument("--imagenet-r-root", help="override DIR/imagenet-r")
     p.add_argument("--domainnet-root", help="override DIR/domainnet")
@@ -98,31 +104,47 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def data_roots(args: argparse.Namespace) -> dict[str, Path]:
     def absolute(p: str) -> Path:
         return Path(p).expanduser().absolute()
-    base = absolute(args.data_root)
-    return {
-        "cifar100": absolute(args.cifar100_root) if args.cifar100_root else base / "cifar100",
-        "imagenet-r": absolute(args.imagenet_r_root) if args.imagenet_r_root else base / "imagenet-r",
-        "domainnet": absolute(args.domainnet_root) if args.domainnet_root else base / "domainnet",
-    }
+    base = absolute(args.data_root) if args.data_root else None
+    roots = {}
+    for name, flag in (("cifar100", args.cifar100_root), ("imagenet-r", args.imagenet_r_root),
+                       ("domainnet", args.domainnet_root)):
+        if flag:
+            roots[name] = absolute(flag)
+        elif base is not None:
+            roots[name] = base / name
+    return roots
 
 
 def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
-    settings = published["settings"]
-    names = args.only or list(settings)
-    unknown = [n for n in names if n not in settings]
+    suites, settings = published["suites"], published["settings"]
+    if args.suite not in suites:
+        raise ConfigError(f"unknown --suite {args.suite!r}; known: {', '.join(suites)}")
+    suite = suites[args.suite]
+    names = args.only or list(suite["settings"])
+    unknown = [n for n in names if n not in suite["settings"]]
     if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in --only; known: "
-                          f"{', '.join(settings)}")
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in --only for suite "
+                          f"{args.suite!r}; known: {', '.join(suite['settings'])}")
     roots = data_roots(args)
     out = Path(args.output).expanduser().absolute()
     plan = []
     for name in names:
         s = settings[name]
-        for seed in args.seeds:
-            run = Run(name, "splitlora", seed, REPO / "configs" / s["config"], roots[s["data"]],
-                      out / "runs" / name / f"seed{seed}",
-                      [f"dataset.root={roots[s['data']]}", *args.overrides], dict(s["paper"]))
-            plan.append(run)
+        data_root, overrides = None, []
+        if s["data"] is not None:
+            if s["data"] not in roots:
+                raise ConfigError(f"--data-root (or --{s['data']}-root) is required for setting "
+                                  f"{name!r}")
+            data_root = roots[s["data"]]
+            overrides.append(f"dataset.root={data_root}")
+        for method in suite["methods"]:
+            # splitlora keeps the main table's directory, so suites share its finished runs
+            run_dir = out / "runs" / name if method == "splitlora" else out / "runs" / name / method
+            method_set = [] if method == "splitlora" else [f"method.name={method}"]
+            for seed in args.seeds:
+                plan.append(Run(name, method, seed, REPO / "configs" / s["config"], data_root,
+                                run_dir / f"seed{seed}", overrides + method_set + args.overrides,
+                                dict(s["paper"].get(method) or {})))
     return plan
 
 
@@ -145,7 +167,7 @@ def check_data(plan: list[Run]) -> list[str]:
     from datasets import BENCHMARKS, DataError, check_folder_root
     problems, seen = [], set()
     for run in plan:
-        if run.status == "done":
+        if run.status == "done" or run.data_root is None:
             continue
         cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
         key = (str(run.data_root), cfg.dataset.name, cfg.dataset.num_tasks)
@@ -191,9 +213,10 @@ def print_plan(plan: list[Run], slots: list[str]) -> None:
         else:
             run.device = "-"
     width = max(len(r.setting) for r in plan)
+    mwidth = max(len(r.method) for r in plan)
     for run in plan:
         env = "" if run.device in ("cpu", "-") else f"CUDA_VISIBLE_DEVICES={run.device[5:]} "
-        print(f"{run.setting:<{width}}  seed {run.seed}  {run.device:<7} {run.status:<8} "
+        print(f"{run.setting:<{width}}  {run.method:<{mwidth}}  seed {run.seed}  {run.device:<7} {run.status:<8} "
               f"{run.out_dir}  {env}{shlex.join(run.main_command())}"
               + (f"  [{run.detail}]" if run.detail else ""))
 
@@ -221,7 +244,8 @@ def execute(plan: list[Run], slots: list[str]) -> None:
             run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
             run.out_dir.mkdir(parents=True, exist_ok=True)
             with lock:
-                print(f"[start] {run.setting} seed {run.seed} on {run.device} -> {run.out_dir}",
+                print(f"[start] {run.setting} {run.method} seed {run.seed} on {run.device} -> "
+                      f"{run.out_dir}",
                       flush=True)
             t0 = time.time()
             with open(run.out_dir / "console.txt", "a") as console:
@@ -233,7 +257,8 @@ def execute(plan: list[Run], slots: list[str]) -> None:
             run.seconds = time.time() - t0
             run.status = "done" if run.returncode == 0 and read_metrics(run.out_dir) else "failed"
             with lock:
-                print(f"[{run.status}] {run.setting} seed {run.seed} in {run.seconds / 60:.1f} min"
+                print(f"[{run.status}] {run.setting} {run.method} seed {run.seed} in "
+                      f"{run.seconds / 60:.1f} min"
                       + ("" if run.status == "done" else f" (exit {run.returncode}; see "
                          f"{run.out_dir / 'console.txt'})"), flush=True)
 
@@ -298,12 +323,16 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 130
     rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
-    md = write_summary(rows, Path(args.output), "SplitLoRA reproduction")
+    table = published["suites"][args.suite]["table"]
+    titles = {"main": "SplitLoRA reproduction", "ablation": "Ablation: choice of the subspace",
+              "demo": "Demo-scale comparison (synthetic benchmark)"}
+    md = write_summary(rows, Path(args.output), titles.get(args.suite, args.suite), table)
     print("\n" + md)
-    print(f"written: {Path(args.output) / 'summary.md'}, {Path(args.output) / 'summary.csv'}")
+    print(f"written: {Path(args.output) / (table + '.md')}, {Path(args.output) / (table + '.csv')}")
     failed = [r for r in plan if r.status == "failed"]
     if failed:
-        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.setting}/seed{r.seed}" for r in failed),
+        print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.setting}/{r.method}/seed{r.seed}"
+                                                        for r in failed),
               file=sys.stderr)
         return 1
     return 0

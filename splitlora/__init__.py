@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 _SUBSPACE = ("free_basis", "free_basis_from_spectrum", "init_lora_A", "interference",
-             "kaiming_uniform_A", "spectrum", "split_criterion", "split_point")
+             "kaiming_uniform_A", "spectrum", "split_criterion", "split_point", "threshold_split_point")
 
 __all__ = list(_SUBSPACE)
 

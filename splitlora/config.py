@@ -53,7 +53,9 @@ class LoRAConfig:
 class MethodConfig:
     """Which continual learner runs (registered by name in ``splitlora.learner``)."""
 
-    name: str = "splitlora"
+    name: str = "splitlora"  # splitlora | threshold | random_a | seq_lora
+    threshold: float = 0.95  # threshold: share of the spectrum the frozen subspace must hold
+    train_a: bool = False  # subspace methods: A trains too, kept in the free subspace
 
 
 @dataclass
@@ -348,6 +350,8 @@ def validate(cfg: Config) -> None:
            and len(set(targets)) == len(targets), "lora.targets", targets,
            "must be a non-empty list of distinct slices among q, k, v")
     _check(cfg.split.alpha >= 0, "split.alpha", cfg.split.alpha, "must be >= 0")
+    _check(0 < cfg.method.threshold <= 1, "method.threshold", cfg.method.threshold,
+           "must be in (0, 1], e.g. 0.95 or 0.99")
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(all(isinstance(m, int) and m >= 1 for m in t.milestones), "train.milestones",

@@ -64,6 +64,10 @@ def check_names(cfg: Config) -> None:
     if cfg.method.name not in METHODS:
         raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
                           f"known: {', '.join(sorted(METHODS))}")
+    if cfg.method.train_a and not METHODS[cfg.method.name].supports_train_a:
+        raise ConfigError(f"config key 'method.train_a' = true needs a subspace method "
+                          f"({', '.join(n for n, c in sorted(METHODS.items()) if c.supports_train_a)}"
+                          f"), not {cfg.method.name!r}")
     if not timm.is_model(cfg.model.name):
         import difflib
         close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)

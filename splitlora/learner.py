@@ -25,8 +25,8 @@ from .config import Config, ConfigError
 from .covariance import CovarianceAccumulator
 from .distributed import DistInfo
 from .errors import NumericalError
-from .subspace import free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A, \
-    spectrum, split_point
+from .subspace import (free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A,
+                       spectrum, split_point, threshold_split_point)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class Learner:
     """Base learner: sequential LoRA with per-task heads. Subclasses choose A and the split."""
 
     name: ClassVar[str] = "base"
+    supports_train_a: ClassVar[bool] = False  # method.train_a is meaningful for this method
 
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
@@ -150,9 +151,16 @@ class SequentialLoRA(Learner):
     """Baseline: every task gets a fresh Kaiming A and nothing is split."""
 
 
-@register_method("splitlora")
-class SplitLoRA(Learner):
-    """A of task t >= 1 is drawn inside the free subspace of the old tasks' features."""
+class SubspaceLoRA(Learner):
+    """A of task t >= 1 is drawn inside the free subspace of the old tasks' features; the
+    subclass decides how many leading directions are frozen (``frozen_dims``).
+
+    With ``method.train_a`` A trains too: its gradient is projected onto the free subspace
+    and, because Adam's per-coordinate scaling does not preserve a subspace, A is projected
+    again after every optimizer step, so its rows never leave the free span.
+    """
+
+    supports_train_a = True
 
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
@@ -161,6 +169,11 @@ class SplitLoRA(Learner):
         dtype = {"float32": torch.float32, "float64": torch.float64}[cfg.split.cov_dtype]
         self.cov = CovarianceAccumulator(len(model.adapters), dim, dtype, device)
         self.bases: list[Optional[Tensor]] = [None] * len(model.adapters)
+        self._projectors: list[Optional[Tensor]] = []
+
+    def frozen_dims(self, eigvals: Tensor, task: int) -> int:
+        """Leading directions of the spectrum (after task ``task``) kept for old tasks."""
+        raise NotImplementedError
 
     def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
         basis = self.bases[layer]
@@ -168,6 +181,35 @@ class SplitLoRA(Learner):
             return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
         return init_lora_A(basis, self.cfg.lora.rank, task, generator)
 
+    # ----------------------------------------------------------------- trainable A
+    def trainable(self, task: int) -> tuple[list, list]:
+        for a in self.model.adapters:
+            a.lora_A.requires_grad_(self.cfg.method.train_a)
+        return super().trainable(task)
+
+    def train_task(self, task: int, loader: DataLoader, label_offset: int,
+                   progress: bool = True) -> list[engine.EpochStats]:
+        if not self.cfg.method.train_a:
+            return super().train_task(task, loader, label_offset, progress)
+        self._projectors = [None if b is None else (b @ b.T).to(self.device) for b in self.bases]
+        for a in self.model.adapters:
+            a.lora_A.requires_grad_(True)
+        handles = [a.lora_A.register_hook(lambda g, p=p: g @ p)
+                   for a, p in zip(self.model.adapters, self._projectors) if p is not None]
+        try:
+            return super().train_task(task, loader, label_offset, progress)
+        finally:
+            for h in handles:
+                h.remove()
+            self._projectors = []
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for a, p in zip(self.model.adapters, self._projectors):
+            if p is not None:
+                a.lora_A.copy_(a.lora_A @ p)
+
+    # ----------------------------------------------------------------- split
     def after_task(self, task: int, make_cov_loader: Callable[[], DataLoader],
                    last: bool = False, progress: bool = True) -> None:
         self.model.merge_adapters()
@@ -191,7 +233,7 @@ class SplitLoRA(Learner):
                                      f"values after task {task}; the run stops (the checkpoint of "
                                      "the previous task is kept). Check the data and train.amp."
                                      ) from None
-            k = split_point(vals, task + 1, self.cfg.split.alpha)
+            k = self.frozen_dims(vals, task)
             self.bases[layer] = free_basis_from_spectrum(vecs, k).to(torch.float32).cpu()
             dims.append(k)
             interf.append(interference(vals, k))
@@ -210,3 +252,31 @@ class SplitLoRA(Learner):
         super().load_state_dict(state)
         self.cov.load_state_dict(state["cov"])
         self.bases = [None if b is None else b.cpu() for b in state["bases"]]
+
+
+@register_method("splitlora")
+class SplitLoRA(SubspaceLoRA):
+    """The paper's adaptive split: ``max(i*, 1) + 1`` frozen directions (``split_point``)."""
+
+    def frozen_dims(self, eigvals: Tensor, task: int) -> int:
+        return split_point(eigvals, task + 1, self.cfg.split.alpha)
+
+
+@register_method("threshold")
+class ThresholdLoRA(SubspaceLoRA):
+    """Ablation: a fixed energy threshold per layer (``method.threshold`` of the spectrum in
+    the frozen subspace, as GPM / InfLoRA-style methods choose it)."""
+
+    def frozen_dims(self, eigvals: Tensor, task: int) -> int:
+        return threshold_split_point(eigvals, self.cfg.method.threshold)
+
+
+@register_method("random_a")
+class RandomA(Learner):
+    """Ablation: A random and frozen in the whole space, scaled as SplitLoRA scales it
+    (Kaiming at t = 0, then ``init_lora_A`` with the identity as basis: norm ||A_ref|| / (t+1))."""
+
+    def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
+        if task == 0:
+            return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
+        return init_lora_A(torch.eye(dim), self.cfg.lora.rank, task, generator)

@@ -13,7 +13,7 @@ from typing import Iterable, Optional
 
 import yaml
 
-from .fileio import read_json
+from .fileio import atomic_write_text, read_json
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "configs" / "published.yaml"
 
@@ -129,11 +129,12 @@ def csv_table(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def write_summary(rows: list[Row], out_dir: Path, title: str = "Results") -> str:
-    """Write summary.md and summary.csv into ``out_dir``; return the Markdown."""
+def write_summary(rows: list[Row], out_dir: Path, title: str = "Results",
+                  stem: str = "summary") -> str:
+    """Write <stem>.md and <stem>.csv into ``out_dir``; return the Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
     md = (f"# {title}\n\nAccuracies in %, mean ± sample std over the seeds that finished; "
           "Δ = ours − paper.\n\n" + markdown_table(rows))
-    (out_dir / "summary.md").write_text(md)
-    (out_dir / "summary.csv").write_text(csv_table(rows))
+    atomic_write_text(out_dir / f"{stem}.md", md)
+    atomic_write_text(out_dir / f"{stem}.csv", csv_table(rows))
     return md

@@ -73,6 +73,23 @@ def split_point(eigvals: Tensor, num_tasks: int, alpha: float) -> int:
     return max(i_star, 1) + 1
 
 
+def threshold_split_point(eigvals: Tensor, threshold: float) -> int:
+    """Fewest leading directions holding a share ``threshold`` of the spectrum (GPM / InfLoRA
+    style): the smallest k with c_{k-1} >= threshold; 0 for an all-zero spectrum.
+
+    Args:
+        eigvals: (d,) sorted descending, non-negative.
+        threshold: in (0, 1].
+    """
+    s = eigvals.detach().to(torch.float64)
+    total = s.sum()
+    if not (total > 0 and torch.isfinite(total)):
+        return 0
+    cum = torch.cumsum(s / total, dim=0)
+    reached = torch.nonzero(cum >= threshold - 1e-9)
+    return int(reached[0]) + 1 if reached.numel() else s.numel()
+
+
 def interference(eigvals: Tensor, frozen: int) -> float:
     """Share of the old tasks' spectrum left in the free subspace: ``1 - c_{frozen-1}``."""
     s = eigvals.detach().to(torch.float64)

@@ -38,7 +38,7 @@ def _learn_task0(method: str):
 
 
 def test_methods_registered_by_name():
-    assert {"splitlora", "seq_lora"} <= set(METHODS)
+    assert {"splitlora", "threshold", "random_a", "seq_lora"} <= set(METHODS)
     from splitlora.config import ConfigError
     cfg = _cfg("splitlora")
     cfg.method.name = "nope"
@@ -118,3 +118,66 @@ def test_only_lora_B_and_current_head_train():
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"{n} changed"
+
+
+def _learn_task0_cfg(method: str, **method_kw):
+    cfg = _cfg(method)
+    for k, v in method_kw.items():
+        setattr(cfg.method, k, v)
+    model = ContinualViT(tiny_vit(), rank=2)
+    learner = build_learner(cfg, model, torch.device("cpu"))
+    learner.before_task(0, 3)
+    learner.train_task(0, _loader(0), 0, progress=False)
+    learner.after_task(0, lambda: _loader(0), progress=False)
+    return model, learner
+
+
+def test_threshold_method_splits_by_energy_share():
+    from splitlora.subspace import threshold_split_point
+    model, learner = _learn_task0_cfg("threshold", threshold=0.9)
+    for layer, k in enumerate(learner.split_dims[0]):
+        vals, _ = spectrum(learner.cov.covariance(layer))
+        assert k == threshold_split_point(vals, 0.9)
+        assert learner.interference[0][layer] <= 0.1 + 1e-9
+    learner.before_task(1, 3)
+    for layer, a in enumerate(model.adapters):
+        _, vecs = spectrum(learner.cov.covariance(layer))
+        major = vecs[:, : learner.split_dims[0][layer]].float()
+        assert (a.lora_A @ major).abs().max() < 1e-5
+
+
+def test_random_a_is_not_confined_and_scaled_like_splitlora():
+    model, learner = _learn_task0_cfg("random_a")
+    assert learner.split_dims == [None]
+    split_model, split_learner = _learn_task0_cfg("splitlora")
+    learner.before_task(1, 3)
+    split_learner.before_task(1, 3)
+    _, vecs = spectrum(split_learner.cov.covariance(0))
+    major = vecs[:, : split_learner.split_dims[0][0]].float()
+    a_random, a_split = model.adapters[0].lora_A[0], split_model.adapters[0].lora_A[0]
+    assert (a_split @ major).abs().max() < 1e-5
+    assert (a_random @ major).norm() > 0.05 * a_random.norm()  # rows leave any subspace
+    # same norm rule: ||A_ref|| / (t + 1), A_ref being Kaiming (bound 1/sqrt(32)) of shape 2 x 32
+    ratio = float(a_random.norm() / a_split.norm())
+    assert 0.7 < ratio < 1.4
+
+
+def test_train_a_keeps_rows_in_the_free_span_after_many_steps():
+    model, learner = _learn_task0_cfg("splitlora", train_a=True)
+    learner.before_task(1, 3)
+    a0 = [a.lora_A.detach().clone() for a in model.adapters]
+    projectors = [(b @ b.T) for b in learner.bases]
+    cfg_steps = _cfg("splitlora", epochs=8, milestones=[100])
+    learner.cfg.train = cfg_steps.train  # 8 epochs x 2 steps = 16 AdamW steps
+    learner.train_task(1, _loader(1, offset=3), 3, progress=False)
+    for a, start, p in zip(model.adapters, a0, projectors):
+        assert (a.lora_A - start).abs().max() > 1e-4  # A did train
+        assert (a.lora_A - a.lora_A @ p).abs().max() < 1e-5  # and stayed in the free span
+        assert not a.lora_A.requires_grad  # frozen again after the task
+
+
+def test_train_a_is_refused_for_methods_without_subspace(tmp_path):
+    from tests.conftest import main_inprocess
+    proc = main_inprocess(["--set", "method.name=seq_lora", "--set", "method.train_a=true",
+                           "--output", str(tmp_path / "r")], tmp_path)
+    assert proc.returncode == 2 and "method.train_a" in proc.stderr

@@ -156,3 +156,30 @@ def test_configs_equal_the_protocol_key_for_key(setting):
         assert node == expected, f"{setting}: {key} = {node!r}, protocol {expected!r}"
     assert (cfg.dataset.name, cfg.dataset.num_tasks) == SETTING_DATA[setting]
     assert cfg.name == setting
+
+
+def test_ablation_suite_reuses_splitlora_runs_and_tabulates_the_paper_ablation(reproduced):
+    work, _, _ = reproduced
+    proc = reproduce("--suite", "ablation", "--only", "imagenet_r_5", "--data-root", "data",
+                     "--seeds", "0", "--gpus", "cpu", "--cpu-jobs", "2", "--output", "results",
+                     *_tiny_sets(), cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 runs: 1 already done, 2 to run" in proc.stdout  # splitlora came from the main suite
+    rows = list(csv.DictReader((work / "results" / "ablation.csv").open()))
+    assert [(r["method"], r["paper_final_acc"]) for r in rows] == [
+        ("splitlora", "81.92"), ("threshold", "78.92"), ("random_a", "76.57")]
+    for method in ("threshold", "random_a"):
+        m = json.loads((work / "results" / "runs" / "imagenet_r_5" / method / "seed0" /
+                        "metrics.json").read_text())
+        assert m["method"] == method and m["complete"]
+        assert (m["split_dims"][0] is None) == (method == "random_a")
+    assert "Ablation" in (work / "results" / "ablation.md").read_text()
+
+
+def test_ablation_dry_run_plans_three_settings_by_three_methods(tmp_path):
+    proc = reproduce("--suite", "ablation", "--data-root", str(tmp_path), "--dry-run", "--gpus", "cpu",
+                     cwd=tmp_path)
+    lines = [ln for ln in proc.stdout.splitlines() if "seed 0" in ln]
+    assert len(lines) == 9
+    assert sum("method.name=threshold" in ln for ln in lines) == 3
+    assert sum("random_a" in ln for ln in lines) == 3

@@ -141,3 +141,17 @@ def test_free_basis_from_spectrum_slices():
     vecs = torch.eye(5)
     assert torch.equal(free_basis_from_spectrum(vecs, 2), vecs[:, 2:])
     assert free_basis_from_spectrum(vecs, 9).shape == (5, 1)
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.3, 1), (0.5, 2), (0.65, 2), (0.9, 4), (0.95, 5),
+                                                 (0.97, 6), (0.99, 7), (1.0, 7)])
+def test_threshold_rule_picks_fewest_directions_holding_the_share(threshold, expected):
+    from splitlora import threshold_split_point
+    # c = .40 .65 .80 .90 .95 .98 1.00: the smallest k with c_{k-1} >= threshold
+    assert threshold_split_point(SPEC, threshold) == expected
+    assert threshold_split_point(SPEC * 7.0, threshold) == expected
+
+
+def test_threshold_rule_on_zero_spectrum_freezes_nothing():
+    from splitlora import threshold_split_point
+    assert threshold_split_point(torch.zeros(6), 0.95) == 0
