@@ -100,6 +100,12 @@ def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
     return {"source": "random init (model.pretrained: false)"}
 
 
+def weights_fingerprint(info: dict) -> tuple:
+    """What identifies backbone weights across machines: the source and the file's hash (the
+    path of a hub cache or a copied file may differ)."""
+    return info.get("source"), info.get("sha256"), info.get("tag") if not info.get("sha256") else None
+
+
 class Experiment:
     """Everything of one run. Lifecycle: ``Experiment(cfg, out)`` (checks names and data),
     ``build()`` (model, weights), optionally ``load_state_dict(checkpoint)``, ``start()``
@@ -112,6 +118,8 @@ class Experiment:
         check_names(cfg)
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist)
+        if self.dist.enabled:  # the global batch must split evenly over the processes
+            per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
@@ -163,7 +171,7 @@ class Experiment:
             raise CheckpointError(f"checkpoint {source} belongs to another config (hash "
                                   f"{state.get('config_hash')} != {config_hash(self.cfg)}); move "
                                   "it away or use another --output")
-        if state.get("weights") != self.env["weights"]:
+        if weights_fingerprint(state.get("weights") or {}) != weights_fingerprint(self.env["weights"]):
             raise CheckpointError(f"checkpoint {source} was made from other backbone weights "
                                   f"({state.get('weights')}); this run loads {self.env['weights']}")
         try:

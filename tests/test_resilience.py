@@ -208,7 +208,14 @@ def _prepare_case(case: str, tmp: Path) -> tuple[list[str], list[str], Path]:
     if case == "resume_without_checkpoint":
         return _folder_args(data) + out + ["--resume"], ["--resume", "nothing to resume"], run
     # checkpoint cases: a finished task-0 state of this exact config, then damaged
-    args = _folder_args(data) + out
+    extra = []
+    if case == "changed_weights":
+        from models import create_backbone
+        weights = tmp / "w.safetensors"
+        save_file(create_backbone("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                                  kwargs=TINY_VIT).state_dict(), str(weights))
+        extra = [f"model.pretrained_file={weights}"]
+    args = _folder_args(data, extra) + out
     os.environ["SPLITLORA_FAULT"] = "nan_loss:1"  # stop during task 1, after checkpointing task 0
     try:
         assert main_inprocess(args, tmp).returncode == 2
@@ -230,6 +237,11 @@ def _prepare_case(case: str, tmp: Path) -> tuple[list[str], list[str], Path]:
         state["config_hash"] = "0123456789abcdef"
         torch.save(state, ckpt)
         return args, ["belongs to another config"], run
+    if case == "changed_weights":  # same path, other content: the checkpoint does not fit
+        torch.manual_seed(123)
+        save_file(create_backbone("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                                  kwargs=TINY_VIT).state_dict(), str(weights))
+        return args, ["other backbone weights", "sha256"], run
     if case == "different_config":
         return _folder_args(data, ["lora.rank=3"]) + out, ["different config", "lora.rank: 2 -> 3",
                                                            "--force"], run
@@ -240,7 +252,7 @@ CASES = ["unknown_key", "bad_type", "rank_zero", "alpha_negative", "epochs_zero"
          "bad_choice", "missing_config", "invalid_yaml", "unknown_model", "unknown_method",
          "tasks_not_dividing", "missing_root", "no_val", "class_mismatch", "empty_class",
          "mismatched_weights", "resume_without_checkpoint", "truncated_checkpoint",
-         "malicious_checkpoint", "foreign_checkpoint", "different_config"]
+         "malicious_checkpoint", "foreign_checkpoint", "changed_weights", "different_config"]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
