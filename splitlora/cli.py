@@ -109,7 +109,7 @@ def run_cli(args: argparse.Namespace) -> int:
                   "(pass --force to run again)")
             print_report(done, out)
             return 0
-        from .checkpoint import CHECKPOINT_NAME  # noqa: F401  (imports torch)
+        from .checkpoint import CHECKPOINT_NAME
         from .experiment import Experiment, attach_log_file, setup_logging
         setup_logging(logging.INFO if main_process else logging.WARNING)
         exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data

@@ -182,17 +182,12 @@ class SubspaceLoRA(Learner):
         return init_lora_A(basis, self.cfg.lora.rank, task, generator)
 
     # ----------------------------------------------------------------- trainable A
-    def trainable(self, task: int) -> tuple[list, list]:
-        for a in self.model.adapters:
-            a.lora_A.requires_grad_(self.cfg.method.train_a)
-        return super().trainable(task)
-
     def train_task(self, task: int, loader: DataLoader, label_offset: int,
                    progress: bool = True) -> list[engine.EpochStats]:
         if not self.cfg.method.train_a:
             return super().train_task(task, loader, label_offset, progress)
         self._projectors = [None if b is None else (b @ b.T).to(self.device) for b in self.bases]
-        for a in self.model.adapters:
+        for a in self.model.adapters:  # before trainable(): A joins the optimizer's LoRA group
             a.lora_A.requires_grad_(True)
         handles = [a.lora_A.register_hook(lambda g, p=p: g @ p)
                    for a, p in zip(self.model.adapters, self._projectors) if p is not None]
