@@ -29,7 +29,7 @@ class Benchmark:
         return len(self.classes)
 
     def tasks(self, num_tasks: int, seed: int, shuffle: bool = True) -> list[list[int]]:
-        """Class ids of each task (DESIGN.md: PCG64(seed) permutation, equal chunks)."""
+        """Class ids of each task (PCG64(seed) permutation, equal chunks; docs/protocol.md)."""
         return split_tasks(class_order(self.num_classes, seed, shuffle), num_tasks)
 
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
@@ -96,18 +96,22 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
     return train_classes
 
 
-def _folder_builder(policy: str, crop_interp: str, eval_mode: str, expected: Optional[int],
+def _folder_builder(policy: str, interp: str, eval_mode: str, expected: Optional[int],
                     hint: str) -> Callable[..., Benchmark]:
+    """An image-folder benchmark: AutoAugment ``policy``, ``interp`` for the crop and the
+    evaluation resize, ``eval_mode`` the official evaluation transform (see
+    :func:`transforms.eval_transform`; ``dataset.eval_transform`` may choose another)."""
     def build(cfg, img_size: int, num_tasks: int, mean: Sequence[float], std: Sequence[float],
               name: str) -> Benchmark:
         classes = check_folder_root(cfg.root, name, expected, num_tasks, hint)
         root = Path(cfg.root).expanduser()
+        mode = eval_mode if cfg.eval_transform == "official" else cfg.eval_transform
         return Benchmark(
             name=name, classes=classes,
             train=FolderImageSet(root / "train", classes, "train"),
             val=FolderImageSet(root / "val", classes, "val"),
-            train_transform=tf.train_transform(img_size, policy, crop_interp, mean, std),
-            eval_transform=tf.eval_transform(img_size, eval_mode, mean, std),
+            train_transform=tf.train_transform(img_size, policy, interp, mean, std),
+            eval_transform=tf.eval_transform(img_size, mode, interp, mean, std),
         )
     return build
 
@@ -115,6 +119,10 @@ def _folder_builder(policy: str, crop_interp: str, eval_mode: str, expected: Opt
 def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
                      std: Sequence[float], name: str) -> Benchmark:
     s = cfg.synthetic
+    if cfg.eval_transform != "official":
+        raise DataError(f"dataset.eval_transform = {cfg.eval_transform!r} applies to image-folder "
+                        "benchmarks; the synthetic benchmark has one evaluation transform "
+                        "(leave it at 'official')")
     if s.num_classes % num_tasks:
         raise DataError(f"dataset.num_tasks = {num_tasks} does not divide "
                         f"dataset.synthetic.num_classes = {s.num_classes}")
@@ -130,7 +138,7 @@ def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
 
 
 register_benchmark(BenchmarkSpec(
-    "folder", None, _folder_builder("imagenet", "bilinear", "center_crop", None, ""),
+    "folder", None, _folder_builder("imagenet", "bilinear", "squash_crop", None, ""),
     "any dataset in the ROOT/train/<class>/, ROOT/val/<class>/ layout"))
 register_benchmark(BenchmarkSpec(
     "cifar100", 100, _folder_builder("cifar10", "bicubic", "resize", 100,
@@ -138,12 +146,12 @@ register_benchmark(BenchmarkSpec(
                                      "cifar-100-python.tar.gz --dst DIR"),
     "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst DIR"))
 register_benchmark(BenchmarkSpec(
-    "imagenet_r", 200, _folder_builder("imagenet", "bilinear", "center_crop", 200,
+    "imagenet_r", 200, _folder_builder("imagenet", "bilinear", "squash_crop", 200,
                                        "Prepare it with: python tools/split_imagenet_r.py --src "
                                        "imagenet-r.tar --dst DIR [--train-list F --val-list F]"),
     "python tools/split_imagenet_r.py --src imagenet-r.tar --dst DIR"))
 register_benchmark(BenchmarkSpec(
-    "domainnet", 200, _folder_builder("imagenet", "bilinear", "center_crop", 200,
+    "domainnet", 200, _folder_builder("imagenet", "bilinear", "squash_crop", 200,
                                       "Prepare it with: python tools/split_domainnet.py --src "
                                       "DOMAINNET_ROOT --dst DIR --train-list F --val-list F"),
     "python tools/split_domainnet.py --src DOMAINNET_ROOT --dst DIR --train-list F --val-list F"))

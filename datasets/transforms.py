@@ -1,4 +1,4 @@
-"""Image transforms of the protocol (DESIGN.md section 2), parametrised by image size."""
+"""Image transforms of the protocol (docs/protocol.md), parametrised by image size."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -22,16 +22,30 @@ def train_transform(img_size: int, policy: str, crop_interpolation: str,
     ])
 
 
-def eval_transform(img_size: int, mode: str, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    """``mode='resize'``: resize to img_size (bicubic, CIFAR); ``'center_crop'``: resize to
-    img_size * 256 / 224 then centre crop img_size (bilinear)."""
+EVAL_MODES = ("squash_crop", "shorter_side_crop", "resize")
+
+
+def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[float],
+                   std: Sequence[float]) -> Callable:
+    """The evaluation transform, antialiased, with the benchmark's ``interpolation``.
+
+    ``squash_crop`` (official for ImageNet-R and DomainNet): both sides to
+    ``img_size * 256 / 224`` (256 at 224 px; the aspect ratio is not kept), then a centre
+    crop of ``img_size``. ``resize`` (official for CIFAR-100): both sides to ``img_size``.
+    ``shorter_side_crop`` (not the official protocol; the usual ImageNet evaluation): the
+    shorter side to ``img_size * 256 / 224``, aspect ratio kept, then the centre crop.
+    """
+    interp = _INTERP[interpolation]
+    outer = round(img_size * 256 / 224)
     if mode == "resize":
-        ops = [T.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC, antialias=True)]
-    elif mode == "center_crop":
-        ops = [T.Resize(round(img_size * 256 / 224), interpolation=InterpolationMode.BILINEAR,
-                        antialias=True), T.CenterCrop(img_size)]
+        ops = [T.Resize((img_size, img_size), interpolation=interp, antialias=True)]
+    elif mode == "squash_crop":
+        ops = [T.Resize((outer, outer), interpolation=interp, antialias=True),
+               T.CenterCrop(img_size)]
+    elif mode == "shorter_side_crop":
+        ops = [T.Resize(outer, interpolation=interp, antialias=True), T.CenterCrop(img_size)]
     else:
-        raise ValueError(f"unknown eval transform mode {mode!r}")
+        raise ValueError(f"unknown eval transform mode {mode!r}; known: {', '.join(EVAL_MODES)}")
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 

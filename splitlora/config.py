@@ -38,6 +38,9 @@ class ModelConfig:
     pretrained_file: Optional[str] = None  # local weights: .safetensors, or a torch state dict
     img_size: int = 224
     fused_attn: bool = True  # scaled-dot-product attention (numerically the same as unfused)
+    # official: task 0 timm init, task 1 a copy of task 0's trained head, then nn.Linear's
+    # default (what the official code does) | fresh: nn.Linear's default for every task
+    head_init: str = "official"
     kwargs: dict = field(default_factory=dict)  # extra timm.create_model arguments (e.g. depth)
 
 
@@ -56,6 +59,9 @@ class MethodConfig:
     name: str = "splitlora"  # splitlora | threshold | random_a | seq_lora
     threshold: float = 0.95  # threshold: share of the spectrum the frozen subspace must hold
     train_a: bool = False  # subspace methods: A trains too, kept in the free subspace
+    # ||A_t|| of task t >= 1 (splitlora, threshold, random_a): decay = ||A_ref|| / (t + 1);
+    # constant = ||A_ref||. The public versions of the official code differ here (docs/protocol.md)
+    a_norm: str = "decay"
 
 
 @dataclass
@@ -114,6 +120,9 @@ class DatasetConfig:
     shuffle_classes: bool = True  # class order: sorted ids permuted by numpy PCG64(seed)
     class_order_seed: Optional[int] = None  # None: the run seed
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
+    # official: the benchmark's own (squash_crop for imagenet_r, domainnet, folder; resize for
+    # cifar100) | squash_crop | shorter_side_crop (aspect kept, not official) | resize
+    eval_transform: str = "official"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -326,6 +335,9 @@ _CHOICES = {
     "split.cov_pass": ("faithful", "plain"),
     "split.cov_dtype": ("float32", "float64"),
     "train.amp": ("auto", "fp16", "bf16", "off"),
+    "model.head_init": ("official", "fresh"),
+    "method.a_norm": ("decay", "constant"),
+    "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
 }
 
 
@@ -341,6 +353,9 @@ def validate(cfg: Config) -> None:
         "split.cov_pass": cfg.split.cov_pass,
         "split.cov_dtype": cfg.split.cov_dtype,
         "train.amp": cfg.train.amp,
+        "dataset.eval_transform": cfg.dataset.eval_transform,
+        "model.head_init": cfg.model.head_init,
+        "method.a_norm": cfg.method.a_norm,
     }
     for key, value in flat.items():
         _check(value in _CHOICES[key], key, value, f"must be one of {', '.join(_CHOICES[key])}")

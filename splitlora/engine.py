@@ -55,14 +55,16 @@ def make_optimizer(lora_params: Sequence[nn.Parameter], head_params: Sequence[nn
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """Multistep decay stepped once per epoch: lr x gamma at each milestone epoch."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones),
-                                                gamma=cfg.gamma)
+    """The official schedule: timm's ``MultiStepLRScheduler`` stepped once per epoch.
 
-
-def lr_factors(cfg: TrainConfig) -> list[float]:
-    """Multiplier of the base lr used during each epoch 1..epochs (for reading and tests)."""
-    return [cfg.gamma ** sum(1 for m in cfg.milestones if e >= m) for e in range(cfg.epochs)]
+    The training loop calls ``step(0)`` before the first epoch and ``step(e)`` after epoch
+    e, as the official code does. timm compares the milestones with ``t + 1``, so epoch e
+    (1-based) runs at ``lr * gamma ** |{m in milestones : m <= e}|``: with milestones
+    [5, 8], epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr.
+    """
+    from timm.scheduler import MultiStepLRScheduler
+    return MultiStepLRScheduler(optimizer, decay_t=list(cfg.milestones), decay_rate=cfg.gamma,
+                                t_in_epochs=True)
 
 
 # --------------------------------------------------------------------------- data loading
@@ -131,7 +133,8 @@ def _progress(iterable: Iterable, desc: str, total: Optional[int] = None, enable
 @dataclass
 class EpochStats:
     epoch: int
-    lr: float
+    lr: float  # LoRA group
+    head_lr: Optional[float]  # head group (None when the head does not train)
     loss: float
     acc: float
     images: int
@@ -158,11 +161,12 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
     poison = nan_loss_task() == task  # fault injection for tests (inactive by default)
     forward = CompiledForward(model) if cfg.compile else model
     sampler = getattr(loader, "sampler", None)
+    scheduler.step(0)
     for epoch in range(cfg.epochs):
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
             sampler.set_epoch(epoch)
         t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
@@ -197,9 +201,10 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(1) == target).sum()
             seen += n
-        scheduler.step()
+        scheduler.step(epoch + 1)
         seconds = time.perf_counter() - t0
-        s = EpochStats(epoch + 1, lr, float(loss_sum) / max(seen, 1),
+        s = EpochStats(epoch + 1, lrs.get("lora", lrs.get("head")), lrs.get("head"),
+                       float(loss_sum) / max(seen, 1),
                        100.0 * float(correct) / max(seen, 1), seen, seconds)
         stats.append(s)
         log.info("task %d epoch %d/%d: lr %.2e loss %.4f train acc %.2f%% (%d images, %.1fs, "

@@ -88,7 +88,7 @@ class Learner:
     # ----------------------------------------------------------------- lifecycle
     def before_task(self, task: int, num_classes: int) -> None:
         self.seed_task(task)
-        self.model.heads.add_head(num_classes).to(self.device)
+        self.model.heads.add_head(num_classes, self.cfg.model.head_init).to(self.device)
         gen = self.generator(task, 1)
         for layer, adapter in enumerate(self.model.adapters):
             a = torch.stack([self.init_A(task, layer, adapter.in_features, gen)
@@ -179,7 +179,8 @@ class SubspaceLoRA(Learner):
         basis = self.bases[layer]
         if task == 0 or basis is None:
             return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
-        return init_lora_A(basis, self.cfg.lora.rank, task, generator)
+        return init_lora_A(basis, self.cfg.lora.rank, task, generator,
+                           decay=self.cfg.method.a_norm == "decay")
 
     # ----------------------------------------------------------------- trainable A
     def train_task(self, task: int, loader: DataLoader, label_offset: int,
@@ -274,4 +275,5 @@ class RandomA(Learner):
     def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
         if task == 0:
             return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
-        return init_lora_A(torch.eye(dim), self.cfg.lora.rank, task, generator)
+        return init_lora_A(torch.eye(dim), self.cfg.lora.rank, task, generator,
+                           decay=self.cfg.method.a_norm == "decay")

@@ -1,6 +1,6 @@
 """The mathematics of SplitLoRA: spectrum, split rule, free subspace, initialisation of A.
 
-Pure functions, tensors in and tensors out. Notation follows DESIGN.md section 1:
+Pure functions, tensors in and tensors out (docs/protocol.md states the method). Notation:
 d = input dimension of the adapted layer, r = LoRA rank, n = number of tasks learned.
 """
 from __future__ import annotations
@@ -146,18 +146,20 @@ def kaiming_uniform_A(rank: int, dim: int, generator: Optional[torch.Generator] 
 
 
 def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
-                generator: Optional[torch.Generator] = None) -> Tensor:
+                generator: Optional[torch.Generator] = None, decay: bool = True) -> Tensor:
     """A for task ``task_index`` >= 1, with every row in the span of ``free_basis``.
 
     Draws A_ref (Kaiming-uniform, only its Frobenius norm is used), then G ~ N(0, 1) of
-    shape (m, r); M = U_free G; A = (M / ||M||_F * ||A_ref||_F / (t + 1))^T.
+    shape (m, r); M = U_free G; A = (M / ||M||_F * ||A_ref||_F / (t + 1))^T, or without
+    the 1 / (t + 1) factor when ``decay`` is False (see docs/protocol.md: the two public
+    versions of the official code differ in this factor).
 
     Args:
         free_basis: (d, m) orthonormal columns.
         rank: r.
         task_index: t (0-based index of the task about to be learned).
     Returns:
-        (r, d) float32 tensor with Frobenius norm ||A_ref||_F / (t + 1).
+        (r, d) float32 tensor with Frobenius norm ||A_ref||_F / (t + 1) (or ||A_ref||_F).
     """
     if free_basis.ndim != 2 or free_basis.shape[1] < 1:
         raise ValueError(f"free_basis must be (d, m) with m >= 1, got {tuple(free_basis.shape)}")
@@ -168,5 +170,6 @@ def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
     norm = torch.linalg.matrix_norm(mat, ord="fro")
     if norm <= 0 or not torch.isfinite(norm):
         raise FloatingPointError("degenerate random draw for LoRA A (zero norm)")
-    a = (mat / norm * ref_norm.to(torch.float64) / (task_index + 1)).T
+    scale = ref_norm.to(torch.float64) / ((task_index + 1) if decay else 1)
+    a = (mat / norm * scale).T
     return a.to(torch.float32).contiguous()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from torchvision.transforms import InterpolationMode
 
 from datasets import BENCHMARKS, DataError, build_benchmark, class_order, split_tasks
-from splitlora.config import from_dict
+from splitlora.config import ConfigError, from_dict
 from tests.conftest import REPO, run_main, tiny_overrides
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -69,15 +70,43 @@ def test_transforms_follow_the_protocol(tmp_path, name, policy, crop, eval_ops):
     assert aa.interpolation == InterpolationMode.BILINEAR
     assert type(rrc).__name__ == "RandomResizedCrop" and rrc.size == (224, 224)
     assert rrc.interpolation == crop and rrc.antialias and rrc.scale == (0.08, 1.0)
-    ev = bench.eval_transform.transforms
-    assert [type(t).__name__ for t in ev[:len(eval_ops)]] == eval_ops
-    if name == "cifar100":
-        assert ev[0].size == (224, 224) and ev[0].interpolation == InterpolationMode.BICUBIC
-    else:
-        assert ev[0].size == 256 and ev[1].size == (224, 224)
-        assert ev[0].interpolation == InterpolationMode.BILINEAR
     norm = bench.eval_transform.transforms[-1]
     assert list(norm.mean) == [0.5] * 3 and list(norm.std) == [0.5] * 3
+
+
+def _official_eval(name: str):
+    """The official evaluation pipeline (utils/dataset_builder.py of the official code),
+    written out with torchvision: CIFAR-100 Resize((224, 224)) bicubic; the others
+    Resize((256, 256)) bilinear -- both sides, aspect ratio not kept -- then CenterCrop(224)."""
+    from torchvision import transforms as T
+    if name == "cifar100":
+        ops = [T.Resize((224, 224), antialias=True, interpolation=InterpolationMode.BICUBIC)]
+    else:
+        ops = [T.Resize((256, 256), antialias=True, interpolation=InterpolationMode.BILINEAR),
+               T.CenterCrop(224)]
+    return T.Compose(ops + [T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+
+
+@pytest.mark.parametrize("name", ["imagenet_r", "domainnet", "folder", "cifar100"])
+def test_eval_transform_is_pixel_equal_to_the_official_one(tmp_path, name):
+    from PIL import Image
+    n = BENCHMARKS[name].num_classes or 4
+    root = _folder_root(tmp_path / name, [f"{i:03d}" for i in range(n)], per_split=1)
+    bench = build_benchmark(_dataset_cfg(name=name, root=str(root), num_tasks=4), 224)
+    rng = np.random.default_rng(0)  # a non-square image with detail everywhere
+    img = Image.fromarray(rng.integers(0, 256, (360, 640, 3), dtype=np.uint8))
+    ours = bench.eval_transform(img)
+    assert ours.shape == (3, 224, 224)
+    assert torch.equal(ours, _official_eval(name)(img))
+    if name != "cifar100":  # the aspect-keeping variant is another image (the old default)
+        keep = build_benchmark(_dataset_cfg(name=name, root=str(root), num_tasks=4,
+                                            eval_transform="shorter_side_crop"), 224)
+        assert not torch.allclose(keep.eval_transform(img), ours, atol=0.1)
+
+
+def test_eval_transform_choice_is_validated():
+    with pytest.raises(ConfigError, match="dataset.eval_transform.*official"):
+        _dataset_cfg(name="folder", eval_transform="center")
 
 
 @pytest.mark.parametrize("case, words", [

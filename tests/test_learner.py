@@ -7,7 +7,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from models import ContinualViT
 from splitlora.config import from_dict
-from splitlora.engine import lr_factors
 from splitlora.learner import METHODS, build_learner
 from splitlora.subspace import spectrum
 from tests.conftest import tiny_vit
@@ -96,17 +95,21 @@ def test_after_task_merges_and_keeps_outputs():
     assert not torch.allclose(before[:, 3:], merged[:, 3:], atol=1e-4)
 
 
-def test_multistep_schedule_matches_protocol():
-    cfg = from_dict({})  # the protocol defaults
-    factors = lr_factors(cfg.train)
-    assert factors == pytest.approx([1, 1, 1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
-    # the lr actually used in each epoch of a real (tiny) training run
+def test_schedule_is_the_official_timm_multistep_per_epoch():
+    """The official code steps timm's MultiStepLRScheduler with step(epoch) from epoch 0 and
+    timm compares milestones with t + 1: with milestones [5, 8], epochs 1-4 run at lr, 5-7
+    at 0.1 lr and 8-10 at 0.01 lr (torch's MultiStepLR would give 1-5 / 6-8 / 9-10)."""
+    defaults = from_dict({}).train  # the protocol defaults
+    assert (defaults.epochs, defaults.milestones, defaults.gamma) == (10, [5, 8], 0.1)
+    assert (defaults.lr, defaults.head_lr) == (1e-3, 1e-2)
     cfg = _cfg("seq_lora", epochs=10, milestones=[5, 8], lr=1e-3, head_lr=1e-2)
     model = ContinualViT(tiny_vit(), rank=2)
     learner = build_learner(cfg, model, torch.device("cpu"))
     learner.before_task(0, 3)
     stats = learner.train_task(0, _loader(0, n=8), 0, progress=False)
-    assert [s.lr for s in stats] == pytest.approx([1e-3] * 5 + [1e-4] * 3 + [1e-5] * 2)
+    # the lr each epoch of a real (tiny) run actually used, per optimizer group
+    assert [s.lr for s in stats] == pytest.approx([1e-3] * 4 + [1e-4] * 3 + [1e-5] * 3)
+    assert [s.head_lr for s in stats] == pytest.approx([1e-2] * 4 + [1e-3] * 3 + [1e-4] * 3)
 
 
 def test_only_lora_B_and_current_head_train():
@@ -181,3 +184,37 @@ def test_train_a_is_refused_for_methods_without_subspace(tmp_path):
     proc = main_inprocess(["--set", "method.name=seq_lora", "--set", "method.train_a=true",
                            "--output", str(tmp_path / "r")], tmp_path)
     assert proc.returncode == 2 and "method.train_a" in proc.stderr
+
+
+def test_head_init_follows_the_official_code():
+    """Task 0: timm's head init (trunc-normal std 0.02, bias 0); task 1: a copy of task 0's
+    trained head; tasks >= 2: nn.Linear's default (uniform within 1/sqrt(d), bias too)."""
+    from models import TaskHeads
+    d = 768
+    bound = 1 / d ** 0.5
+    torch.manual_seed(0)
+    heads = TaskHeads(d)
+    w0 = heads.add_head(20, "official")
+    assert torch.equal(w0.bias, torch.zeros(20))
+    assert abs(float(w0.weight.std()) - 0.02) < 1e-3
+    # a normal law puts ~7% of its mass beyond 1/sqrt(d) = 1.8 std; a uniform one puts none
+    assert 0.04 < float((w0.weight.abs() > bound).float().mean()) < 0.11
+    with torch.no_grad():
+        w0.weight.add_(1.0)  # stands for training
+    w1 = heads.add_head(20, "official")
+    assert torch.equal(w1.weight, w0.weight) and torch.equal(w1.bias, w0.bias)
+    w2 = heads.add_head(20, "official")
+    for p in (w2.weight, w2.bias):
+        assert float(p.abs().max()) <= bound and float(p.std()) > 0.5 * bound / 3 ** 0.5
+    fresh = TaskHeads(d)
+    f0, f1 = fresh.add_head(20, "fresh"), fresh.add_head(20, "fresh")
+    assert float(f0.bias.abs().max()) > 0 and float(f0.weight.abs().max()) <= bound
+    assert not torch.equal(f0.weight, f1.weight)
+
+
+def test_second_task_starts_from_the_first_tasks_trained_head():
+    model, learner = _learn_task0("splitlora")
+    trained = {k: v.clone() for k, v in model.heads.heads[0].state_dict().items()}
+    learner.before_task(1, 3)
+    assert all(torch.equal(model.heads.heads[1].state_dict()[k], v) for k, v in trained.items())
+    assert float(trained["bias"].abs().max()) > 0  # it did train away from the zero bias

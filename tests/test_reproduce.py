@@ -131,7 +131,7 @@ def test_unknown_setting_is_refused(tmp_path):
     assert proc.returncode == 2 and "cifar10_10" in proc.stderr and "cifar100_10" in proc.stderr
 
 
-# The published protocol (DESIGN.md section 2), written out here key for key.
+# The published protocol (docs/protocol.md), written out here key for key.
 PROTOCOL = {
     "model.name": "vit_base_patch16_224.augreg2_in21k_ft_in1k", "model.img_size": 224,
     "model.pretrained": True, "lora.rank": 10, "lora.targets": ["k", "v"],
@@ -140,6 +140,7 @@ PROTOCOL = {
     "train.milestones": [5, 8], "train.gamma": 0.1, "train.expand_times": 10,
     "train.batch_size": 256, "eval.batch_size": 100, "train.temperature": 30.0,
     "train.amp": "auto", "dataset.shuffle_classes": True, "seed": 0,
+    "model.head_init": "official", "dataset.eval_transform": "official", "method.a_norm": "decay",
 }
 SETTING_DATA = {"imagenet_r_5": ("imagenet_r", 5), "imagenet_r_10": ("imagenet_r", 10),
                 "imagenet_r_20": ("imagenet_r", 20), "cifar100_10": ("cifar100", 10),

@@ -125,6 +125,9 @@ def test_init_lora_A_rows_in_free_span_and_norm_rule(task):
     ref = kaiming_uniform_A(rank, 24, torch.Generator().manual_seed(1))
     expected = float(torch.linalg.matrix_norm(ref)) / (task + 1)
     assert float(torch.linalg.matrix_norm(a)) == pytest.approx(expected, rel=1e-5)
+    # method.a_norm: constant -- the same draw without the 1 / (t + 1) factor
+    flat = init_lora_A(basis, rank, task, torch.Generator().manual_seed(1), decay=False)
+    assert torch.allclose(flat, a * (task + 1), rtol=1e-5, atol=1e-7)
 
 
 def test_init_lora_A_orthogonal_to_major_subspace():
