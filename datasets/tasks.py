@@ -1,4 +1,4 @@
-"""Class order and task split (DESIGN.md section 2)."""
+"""Class order and task split (docs/protocol.md)."""
 from __future__ import annotations
 
 import numpy as np

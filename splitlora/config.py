@@ -1,6 +1,6 @@
 """Experiment configuration: a typed schema, YAML loading, ``--set`` overrides, validation.
 
-The schema's defaults *are* the published protocol (DESIGN.md section 2): a setting file
+The schema's defaults *are* the published protocol (docs/protocol.md): a setting file
 in ``configs/`` only states what differs (dataset, number of tasks, ...). The resolved
 configuration, every key included, is written to each run directory as ``config.yaml``.
 

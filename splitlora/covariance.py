@@ -2,7 +2,7 @@
 
 One accumulator per adapted block (k and v share the qkv input, so one serves both). The
 sums and token counts accumulate across tasks and are never reset: after task t the
-covariance covers tasks 0..t, weighted by token count (DESIGN.md section 1).
+covariance covers tasks 0..t, weighted by token count (docs/protocol.md).
 
 Collection uses forward pre-hooks that exist only inside :func:`collect_covariance`.
 """

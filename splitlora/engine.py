@@ -1,4 +1,4 @@
-"""Training, evaluation and covariance passes (the protocol of DESIGN.md section 2).
+"""Training, evaluation and covariance passes (the protocol of docs/protocol.md).
 
 The backbone stays in eval mode throughout, as in the official code (only LoRA and the
 head train; a ViT without dropout behaves identically either way).

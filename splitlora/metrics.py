@@ -1,4 +1,4 @@
-"""Class-incremental metrics from per-task correct/total counts (DESIGN.md section 2).
+"""Class-incremental metrics from per-task correct/total counts (docs/protocol.md).
 
 R[t, j] = accuracy (%) on task j's val set after training task t (argmax over all seen
 classes); Acc_t = sample-weighted accuracy over tasks 0..t after task t; final accuracy =
