@@ -3,6 +3,8 @@ transforms. ``build_benchmark(dataset_cfg, ...)`` checks the data and returns a
 :class:`Benchmark` that serves task datasets."""
 from __future__ import annotations
 
+import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -32,12 +34,54 @@ class Benchmark:
         """Class ids of each task (PCG64(seed) permutation, equal chunks; docs/protocol.md)."""
         return split_tasks(class_order(self.num_classes, seed, shuffle), num_tasks)
 
+    def identity(self, tasks: Sequence[Sequence[int]]) -> dict:
+        """What a resumed run must find again: the class names of each task, the image
+        count of every class in each split, and a SHA-256 of each split's sorted file list."""
+        out: dict = {"benchmark": self.name,
+                     "task_classes": [[self.classes[c] for c in t] for t in tasks],
+                     "counts": {}, "files_sha256": {}}
+        for split, images in (("train", self.train), ("val", self.val)):
+            counts = Counter(images.targets)
+            out["counts"][split] = {name: counts.get(c, 0) for c, name in enumerate(self.classes)}
+            keys = sorted(images.key(i) for i in range(len(images)))
+            out["files_sha256"][split] = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+        return out
+
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
                      transform: Optional[Callable] = None, skip_bad: bool = False) -> TaskDataset:
         images = self.train if split == "train" else self.val
         if transform is None:
             transform = self.train_transform if split == "train" else self.eval_transform
         return TaskDataset(images, classes, label_offset, transform, skip_bad)
+
+
+def identity_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
+    """What differs between two :meth:`Benchmark.identity` records, one line per difference
+    (at most ``limit`` of each kind)."""
+    changes: list[str] = []
+    if old.get("benchmark") != new.get("benchmark"):
+        changes.append(f"benchmark {old.get('benchmark')!r} -> {new.get('benchmark')!r}")
+    old_classes = [c for t in old.get("task_classes", []) for c in t]
+    new_classes = [c for t in new.get("task_classes", []) for c in t]
+    old_set, new_set = set(old_classes), set(new_classes)
+    added = [c for c in new_classes if c not in old_set]
+    removed = [c for c in old_classes if c not in new_set]
+    if added:
+        changes.append(f"classes added: {', '.join(added[:limit])}" + (" ..." if len(added) > limit else ""))
+    if removed:
+        changes.append(f"classes removed: {', '.join(removed[:limit])}" + (" ..." if len(removed) > limit else ""))
+    if not added and not removed and old.get("task_classes") != new.get("task_classes"):
+        changes.append("the classes are assigned to tasks in another order")
+    for split in ("train", "val"):
+        a, b = old.get("counts", {}).get(split, {}), new.get("counts", {}).get(split, {})
+        diff = [f"{c}: {a[c]} -> {b[c]}" for c in a if c in b and a[c] != b[c]]
+        if diff:
+            changes.append(f"{split} image counts changed ({len(diff)} classes): "
+                           + ", ".join(diff[:limit]) + (" ..." if len(diff) > limit else ""))
+        same_counts = not diff and not added and not removed
+        if same_counts and old.get("files_sha256", {}).get(split) != new.get("files_sha256", {}).get(split):
+            changes.append(f"{split} file names changed (same counts)")
+    return changes
 
 
 @dataclass(frozen=True)
@@ -56,6 +100,16 @@ def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
         raise KeyError(f"benchmark {spec.name!r} registered twice")
     BENCHMARKS[spec.name] = spec
     return spec
+
+
+def check_classes_per_task(num_classes: int, num_tasks: int, where: str) -> None:
+    """A task needs at least two classes: with one, its head has a single logit and the
+    cross-entropy is 0 whatever the model does (nothing is learned, nothing can be forgotten)."""
+    if num_classes // num_tasks < 2:
+        raise DataError(f"dataset.num_tasks = {num_tasks} leaves {num_classes // num_tasks} class "
+                        f"per task for the {num_classes} classes of {where}: a one-class task "
+                        "has nothing to learn (cross-entropy over one logit is 0). Use at most "
+                        f"{num_classes // 2} tasks")
 
 
 def check_folder_root(root: Optional[str], name: str, expected: Optional[int], num_tasks: int,
@@ -88,6 +142,7 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
     if len(train_classes) % num_tasks:
         raise DataError(f"dataset.num_tasks = {num_tasks} does not divide the {len(train_classes)} "
                         f"classes of {base}; pick a divisor")
+    check_classes_per_task(len(train_classes), num_tasks, f"{base}")
     for split in ("train", "val"):
         empty = [c for c in train_classes if not list_images(base / split / c)]
         if empty:
@@ -126,6 +181,7 @@ def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
     if s.num_classes % num_tasks:
         raise DataError(f"dataset.num_tasks = {num_tasks} does not divide "
                         f"dataset.synthetic.num_classes = {s.num_classes}")
+    check_classes_per_task(s.num_classes, num_tasks, "the synthetic benchmark")
     return Benchmark(
         name=name, classes=[f"synthetic_{s.class_offset + c}" for c in range(s.num_classes)],
         train=SyntheticImageSet(s.num_classes, s.train_per_class, s.image_size, s.seed,

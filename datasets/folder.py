@@ -49,6 +49,10 @@ class ImageSet:
     def describe(self, index: int) -> str:
         return f"sample {index}"
 
+    def key(self, index: int) -> str:
+        """A stable identifier of sample ``index`` (its path under the split folder)."""
+        return f"{self.targets[index]}/{index}"
+
 
 class FolderImageSet(ImageSet):
     """``root/<class>/<image>`` with class ids given by ``classes`` (sorted folder names)."""
@@ -65,6 +69,9 @@ class FolderImageSet(ImageSet):
 
     def describe(self, index: int) -> str:
         return str(self.root / self.paths[index])
+
+    def key(self, index: int) -> str:
+        return self.paths[index]
 
     def load(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]

@@ -6,37 +6,61 @@ one ``error: ...`` line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, ConfigError, dump_yaml, load_config, to_dict
+from .config import (RESUMABLE_KEYS, Config, ConfigError, dump_yaml, flatten, load_config,
+                     to_dict)
 from .errors import UserError, user_message
 from .fileio import read_json
 
 log = logging.getLogger("splitlora")
 
 
-def default_output(cfg: Config) -> Path:
-    return Path("runs") / cfg.name / f"seed{cfg.seed}"
+def _slug(value) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return re.sub(r"[^A-Za-z0-9._,=-]", "_", text)
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v and k != "kwargs":
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def default_output(cfg: Config, base: Optional[Config] = None) -> Path:
+    """``runs/<name>/<method>[+key=value...]/seed<seed>``.
+
+    The method, the seed and every result-defining key set on the command line (keys whose
+    value differs from ``base``, the config file's own values) name the directory, so that
+    runs of different experiments never share one; keys that may change when a run is
+    continued (``RESUMABLE_KEYS``) do not.
+    """
+    tag = cfg.method.name
+    if base is not None:
+        ours, theirs = flatten(to_dict(cfg)), flatten(to_dict(base))
+        changed = sorted(k for k, v in ours.items() if k not in RESUMABLE_KEYS
+                         and k not in ("seed", "method.name") and theirs.get(k) != v)
+        extra = "+".join(f"{k}={_slug(ours[k])}" for k in changed)
+        if len(extra) > 80:
+            extra = "cfg-" + hashlib.sha256(extra.encode()).hexdigest()[:10]
+        if extra:
+            tag = f"{tag}+{extra}"
+    return Path("runs") / cfg.name / tag / f"seed{cfg.seed}"
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs."""
     a, b = flatten(old), flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def split_diff(diff: list[str]) -> tuple[list[str], list[str]]:
+    """(changes of keys that may change on resume, changes of the run's identity)."""
+    ok = [d for d in diff if d.split(":", 1)[0] in RESUMABLE_KEYS]
+    return ok, [d for d in diff if d not in ok]
 
 
 def read_previous_config(out: Path) -> Optional[dict]:
@@ -68,30 +92,72 @@ def print_report(metrics: dict, out: Path) -> None:
 def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
     """Decide what to do with an existing run directory, before anything is written.
 
-    Returns (mode, checkpoint state, metrics): mode is 'fresh', 'resume' or 'complete'.
+    Returns (mode, checkpoint state, metrics, changes): mode is 'fresh', 'resume' or
+    'complete'; changes lists the keys that may change on resume and did.
     """
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     previous = read_previous_config(out)
     ckpt_path = out / CHECKPOINT_NAME
+    changes: list[str] = []
     if previous is not None and not args.force:
-        diff = config_diff(previous, to_dict(cfg))
-        if diff:
+        changes, identity = split_diff(config_diff(previous, to_dict(cfg)))
+        if identity:
             raise ConfigError(f"run directory {out} holds a run of a different config ("
-                              + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
-                              + "). Pass another --output, or --force to replace it.")
+                              + "; ".join(identity[:8]) + (" ..." if len(identity) > 8 else "")
+                              + "). Pass another --output, or --force to replace it. (Keys that "
+                              f"may change when a run is continued: {', '.join(RESUMABLE_KEYS)}.)")
         metrics = read_json(out / "metrics.json")
         if metrics.get("complete") and not args.resume:
-            return "complete", None, metrics
+            return "complete", None, metrics, changes
         if ckpt_path.is_file():
-            return "resume", load_checkpoint(ckpt_path), None
+            return "resume", load_checkpoint(ckpt_path), None, changes
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run "
+                          f"in {out}, --force discards it and starts again. Pass one of them")
     if args.resume:
         raise ConfigError(f"--resume: no checkpoint of this config in {out} (nothing to resume); "
                           "run without --resume to start it")
-    return "fresh", None, None
+    return "fresh", None, None, []
+
+
+def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool, lock) -> int:
+    """The run itself, with the run directory locked (by rank 0)."""
+    from .checkpoint import CHECKPOINT_NAME
+    from .experiment import Experiment, attach_log_file
+    mode, ckpt, done, changes = inspect_run_dir(out, cfg, args)
+    if mode == "complete":
+        if main_process:
+            print(f"{out} already holds the complete results of this config "
+                  "(pass --force to run again)")
+            print_report(done, out)
+        return 0
+    exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
+    exp.build()  # weights: errors here still leave the run directory untouched
+    if ckpt is not None:
+        exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
+    elif args.force and main_process:  # a fresh start replaces the previous run's state
+        for name in (CHECKPOINT_NAME, "metrics.json"):
+            (out / name).unlink(missing_ok=True)
+    exp.session_changes = changes
+    if lock is not None:
+        lock.created = False  # from here on the directory holds a run: never removed
+    exp.start()
+    if main_process:
+        attach_log_file(out / "log.txt")
+    log.info("config %s -> run directory %s (%s%s)", args.config, out,
+             "resumed" if ckpt is not None else "new run",
+             f", {exp.dist.world_size} processes" if exp.dist.enabled else "")
+    if changes:
+        log.info("continuing with changed keys: %s", "; ".join(changes))
+    metrics = exp.run()
+    if main_process:
+        print_report(metrics, out)
+    return 0
 
 
 def run_cli(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
+    lock = None
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -100,35 +166,18 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
-        out = Path(args.output) if args.output else default_output(cfg)
-        mode, ckpt, done = inspect_run_dir(out, cfg, args)
-        if mode == "complete":
-            if not main_process:
-                return 0
-            print(f"{out} already holds the complete results of this config "
-                  "(pass --force to run again)")
-            print_report(done, out)
-            return 0
-        from .checkpoint import CHECKPOINT_NAME
-        from .experiment import Experiment, attach_log_file, setup_logging
+        out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
+        from .experiment import setup_logging
+        from .runlock import RunLock
         setup_logging(logging.INFO if main_process else logging.WARNING)
-        exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
-        exp.build()  # weights: errors here still leave the run directory untouched
-        if ckpt is not None:
-            exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
-        elif args.force and main_process:  # a fresh start replaces the previous run's state
-            for name in (CHECKPOINT_NAME, "metrics.json"):
-                (out / name).unlink(missing_ok=True)
-        exp.start()
         if main_process:
-            attach_log_file(out / "log.txt")
-        log.info("config %s -> run directory %s (%s%s)", args.config, out,
-                 "resumed" if ckpt is not None else "new run",
-                 f", {exp.dist.world_size} processes" if exp.dist.enabled else "")
-        metrics = exp.run()
-        if main_process:
-            print_report(metrics, out)
-        return 0
+            lock = RunLock(out, shlex.join(sys.argv)).acquire()
+        try:
+            return _run(args, cfg, out, main_process, lock)
+        except UserError:
+            if lock is not None and lock.created:  # refused before anything was written
+                lock.discard_if_unused()
+            raise
     except UserError as exc:
         logging.getLogger().handlers.clear()
         if main_process:
@@ -139,6 +188,8 @@ def run_cli(args: argparse.Namespace) -> int:
               "continue", file=sys.stderr)
         return 130
     finally:
+        if lock is not None:
+            lock.release()
         if "torch" in sys.modules:
             from .distributed import shutdown
             shutdown()

@@ -242,9 +242,31 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Keys that may change when a run is continued: they change how the remaining tasks run
+# (device, speed, precision, robustness, where the same data lies), never what the finished
+# tasks computed. Every other key is part of the run's identity (``config_hash``).
+RESUMABLE_KEYS = (
+    "name", "device", "train.amp", "train.tf32", "train.compile", "train.num_workers",
+    "train.max_bad_steps", "eval.batch_size", "eval.num_workers", "dataset.root",
+    "dataset.skip_bad_images",
+)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts -> {'a.b': value} (``model.kwargs`` stays one value)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and k != "kwargs":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_hash(cfg: Config) -> str:
-    """A short stable hash of the resolved configuration."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    """A short stable hash of what defines the run: every key but :data:`RESUMABLE_KEYS`."""
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items() if k not in RESUMABLE_KEYS}
+    blob = json.dumps(flat, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

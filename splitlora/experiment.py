@@ -17,7 +17,7 @@ import timm
 import torch
 from torch.utils.data import DistributedSampler
 
-from datasets import Benchmark, Repeated, build_benchmark, skipping_collate
+from datasets import Benchmark, Repeated, build_benchmark, identity_changes, skipping_collate
 from models import ContinualViT, create_backbone, file_sha256
 
 from . import engine
@@ -130,6 +130,8 @@ class Experiment:
         self.tasks = self.bench.tasks(cfg.dataset.num_tasks,
                                       cfg.seed if order_seed is None else order_seed,
                                       cfg.dataset.shuffle_classes)
+        self.data_identity = self.bench.identity(self.tasks)
+        self.session_changes: list[str] = []  # resumable keys changed since the last session
         self.tracker = AccuracyTracker(len(self.tasks))
         self.bad_images: set[str] = set()
         self.model: Optional[ContinualViT] = None
@@ -155,6 +157,7 @@ class Experiment:
             "config_hash": config_hash(self.cfg),
             "tasks_done": self.tracker.tasks_done(),
             "weights": self.env["weights"],
+            "data": self.data_identity,
             "qkv": [a.base_layer.state_dict() for a in self.model.adapters],
             "head_sizes": [h.out_features for h in self.model.heads.heads],
             "heads": self.model.heads.state_dict(),
@@ -174,6 +177,16 @@ class Experiment:
         if weights_fingerprint(state.get("weights") or {}) != weights_fingerprint(self.env["weights"]):
             raise CheckpointError(f"checkpoint {source} was made from other backbone weights "
                                   f"({state.get('weights')}); this run loads {self.env['weights']}")
+        if "data" not in state:
+            log.warning("checkpoint %s records no data identity (an older version): the data "
+                        "cannot be checked against the finished tasks", source)
+        else:
+            changes = identity_changes(state["data"], self.data_identity)
+            if changes:
+                raise CheckpointError(
+                    f"the data changed since the checkpoint {source} was written: "
+                    + "; ".join(changes) + ". Restore the data the run started with, or start "
+                    "a new run (another --output, or --force to replace this one)")
         try:
             for adapter, qkv in zip(self.model.adapters, state["qkv"], strict=True):
                 adapter.base_layer.load_state_dict(qkv)
@@ -273,6 +286,7 @@ class Experiment:
         out["split_dims"] = self.learner.split_dims
         out["interference"] = self.learner.interference
         out["task_classes"] = self.tasks
+        out["task_class_names"] = self.data_identity["task_classes"]
         out["bad_images"] = {"count": len(self.bad_images), "files": sorted(self.bad_images)[:50]}
         return out
 
@@ -297,7 +311,7 @@ class Experiment:
         sessions = previous.get("sessions", []) if previous else []
         sessions.append({"start_time": utc_now(), "from_task": self.tracker.tasks_done(),
                          "hostname": self.env["hostname"], "device": self.env["device"],
-                         "gpu": self.env["gpu"]})
+                         "gpu": self.env["gpu"], "changed_keys": list(self.session_changes)})
         self.env["sessions"] = sessions
         self.write_env()
 
