@@ -109,7 +109,7 @@ def check_classes_per_task(num_classes: int, num_tasks: int, where: str) -> None
         raise DataError(f"dataset.num_tasks = {num_tasks} leaves {num_classes // num_tasks} class "
                         f"per task for the {num_classes} classes of {where}: a one-class task "
                         "has nothing to learn (cross-entropy over one logit is 0). Use at most "
-                        f"{num_classes // 2} tasks")
+                        f"{num_classes // 2} task{'s' if num_classes // 2 > 1 else ''}")
 
 
 def check_folder_root(root: Optional[str], name: str, expected: Optional[int], num_tasks: int,

@@ -120,8 +120,10 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
     return "fresh", None, None, []
 
 
-def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool, lock) -> int:
-    """The run itself, with the run directory locked (by rank 0)."""
+def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
+         started: list) -> int:
+    """The run itself, with the run directory locked (by rank 0); appends to ``started`` once
+    it starts writing the run directory."""
     from .checkpoint import CHECKPOINT_NAME
     from .experiment import Experiment, attach_log_file
     mode, ckpt, done, changes = inspect_run_dir(out, cfg, args)
@@ -139,8 +141,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool, l
         for name in (CHECKPOINT_NAME, "metrics.json"):
             (out / name).unlink(missing_ok=True)
     exp.session_changes = changes
-    if lock is not None:
-        lock.created = False  # from here on the directory holds a run: never removed
+    started.append(True)  # from here on the directory holds a run: the lock file stays
     exp.start()
     if main_process:
         attach_log_file(out / "log.txt")
@@ -172,11 +173,12 @@ def run_cli(args: argparse.Namespace) -> int:
         setup_logging(logging.INFO if main_process else logging.WARNING)
         if main_process:
             lock = RunLock(out, shlex.join(sys.argv)).acquire()
+        started: list = []
         try:
-            return _run(args, cfg, out, main_process, lock)
+            return _run(args, cfg, out, main_process, started)
         except UserError:
-            if lock is not None and lock.created:  # refused before anything was written
-                lock.discard_if_unused()
+            if lock is not None and not started:  # refused before anything was written
+                lock.discard()
             raise
     except UserError as exc:
         logging.getLogger().handlers.clear()

@@ -80,7 +80,7 @@ def build_model(cfg: Config, device: torch.device, progress: bool = True) -> Con
     if m.pretrained_file and cfg.demo_pretrain.enabled and not Path(m.pretrained_file).exists():
         from .pretrain import pretrain_synthetic_backbone
         log.info("%s not found: pretraining the demo backbone on synthetic classes", m.pretrained_file)
-        pretrain_synthetic_backbone(cfg, Path(m.pretrained_file), device, progress)
+        pretrain_synthetic_backbone(cfg, Path(m.pretrained_file), device)
     backbone = create_backbone(m.name, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
                                img_size=m.img_size, fused_attn=m.fused_attn, kwargs=m.kwargs)
     return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)

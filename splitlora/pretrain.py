@@ -31,8 +31,7 @@ def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata
     atomic_write_bytes(path, data)
 
 
-def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device,
-                                progress: bool = True) -> None:
+def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device) -> None:
     """Train ``cfg.model`` from scratch on ``cfg.demo_pretrain`` synthetic classes; save to path."""
     p = cfg.demo_pretrain
     syn = cfg.dataset.synthetic

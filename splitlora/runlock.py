@@ -40,15 +40,18 @@ def _describe(holder: dict) -> str:
 class RunLock:
     """Exclusive, non-blocking lock on a run directory (a context manager).
 
-    ``acquire()`` creates the directory when needed (``created`` tells whether it did), and
-    raises :class:`RunDirectoryBusy` naming the holder when another live process has it.
+    ``acquire()`` creates the directory and the lock file when needed, and raises
+    :class:`RunDirectoryBusy` naming the holder when another live process has it.
+    :meth:`discard` removes what ``acquire()`` created (for a run refused before it wrote
+    anything).
     """
 
     def __init__(self, run_dir: Path, command: Optional[str] = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.command = command
-        self.created = False
+        self.created_dir = False
+        self.created_file = False
         self._fd: Optional[int] = None
         self.previous: dict = {}  # what a dead holder had recorded (taken over)
 
@@ -64,7 +67,8 @@ class RunLock:
         try:
             if not self.run_dir.is_dir():
                 self.run_dir.mkdir(parents=True)
-                self.created = True
+                self.created_dir = True
+            self.created_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise UserError(f"cannot use {self.run_dir} as the run directory: "
@@ -104,15 +108,16 @@ class RunLock:
         os.close(self._fd)
         self._fd = None
 
-    def discard_if_unused(self) -> None:
-        """After a refusal before anything was written: remove the lock file, and the run
-        directory if this lock created it and nothing else is in it."""
+    def discard(self) -> None:
+        """Release, then remove the lock file and the run directory if ``acquire()`` created
+        them (the directory only when nothing else is in it)."""
         self.release()
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-        if self.created:
+        if self.created_file:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        if self.created_dir:
             try:
                 self.run_dir.rmdir()  # only succeeds when empty
             except OSError:

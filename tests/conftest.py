@@ -12,6 +12,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Subprocesses get a hang guard, not a speed limit: far above any run's time on a loaded
+# machine, below CI's own limit.
+HANG_GUARD_S = 3600
+
 TINY_VIT = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
@@ -33,7 +37,8 @@ def tiny_overrides(tmp_path: Path | None = None, epochs: int = 2) -> list[str]:
     ]
 
 
-def run_main(args: list[str], cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_main(args: list[str], cwd: Path | None = None,
+             timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     """Run main.py as a user would; returns the completed process (text output)."""
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run([sys.executable, str(REPO / "main.py"), "--no-progress", *args],

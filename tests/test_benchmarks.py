@@ -131,7 +131,7 @@ def test_bad_data_root_names_the_problem_and_the_tool(tmp_path, case, words):
         _folder_root(root, ["a", "b"])
         (root / "val" / "b" / "0.jpg").unlink()
         (root / "val" / "b" / "1.jpg").unlink()
-        name, num_tasks = "folder", 2
+        name, num_tasks = "folder", 1
     elif case == "not_divisible":
         _folder_root(root, ["a", "b", "c"])
         name, num_tasks = "folder", 2

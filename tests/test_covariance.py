@@ -54,10 +54,31 @@ def test_hooks_removed_on_error():
     assert all(len(a._forward_pre_hooks) == 0 for a in model.adapters)
 
 
-def test_one_accumulator_per_block_shared_by_k_and_v():
+def test_k_and_v_are_split_by_one_covariance_of_their_shared_input():
+    """The learner keeps one second moment per block (k and v read the same qkv input), equal
+    to the direct computation, and draws both slices' A inside that block's free subspace."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from splitlora.config import from_dict
+    from splitlora.learner import build_learner
+    cfg = from_dict({"lora": {"rank": 2, "targets": ["k", "v"]}, "device": "cpu",
+                     "split": {"alpha": 1.0, "cov_dtype": "float64"}})
     model = ContinualViT(tiny_vit(), rank=2, targets=("k", "v"))
-    acc = CovarianceAccumulator(len(model.adapters), 32)
-    assert acc.sums.shape == (2, 32, 32)  # two blocks, not four (k, v) slices
+    learner = build_learner(cfg, model, torch.device("cpu"))
+    learner.before_task(0, 3)
+    x = torch.randn(6, 3, 16, 16)
+    learner.after_task(0, lambda: DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=4),
+                       progress=False)
+    assert learner.cov.num_layers == len(model.blocks) == 2
+    for layer, feats in enumerate(_norm1_outputs(model, x)):  # B = 0: the model is unchanged
+        tokens = feats.reshape(-1, 32).double()
+        assert torch.allclose(learner.cov.covariance(layer), tokens.T @ tokens / tokens.shape[0],
+                              atol=1e-6)
+    learner.before_task(1, 3)
+    for adapter, basis in zip(model.adapters, learner.bases):
+        proj = (basis @ basis.T).float()
+        for a in adapter.lora_A:  # the k slice and the v slice
+            assert torch.allclose(a @ proj, a, atol=1e-6)
 
 
 def test_state_roundtrip_and_empty_covariance():

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import HANG_GUARD_S, REPO, tiny_overrides
 
 # Training is made a no-op for the backbone (LoRA lr 1e-12) and the covariance pass uses the
 # deterministic eval transform, so that both runs see the same features: what is compared is
@@ -22,7 +22,7 @@ SETS = tiny_overrides(epochs=2) + [
 def _run(launcher: list[str], out: str, cwd) -> subprocess.CompletedProcess:
     args = [x for s in SETS for x in ("--set", s)]
     return subprocess.run([*launcher, str(REPO / "main.py"), "--no-progress", *args, "--output", out],
-                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          cwd=cwd, capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
@@ -35,7 +35,8 @@ def test_two_process_run_matches_single_process_covariance_and_split(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     # one complete set of outputs, written by rank 0 only
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
-        "checkpoint.pt", "config.yaml", "env.json", "log.txt", "metrics.json"]
+        ".lock", "checkpoint.pt", "config.yaml", "env.json", "log.txt", "metrics.json"]
+    assert (tmp_path / "ddp" / ".lock").read_text() == ""  # rank 0 held it and released it
     assert ddp.stdout.count("final accuracy") == 1
     m_ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     m_one = json.loads((tmp_path / "single" / "metrics.json").read_text())

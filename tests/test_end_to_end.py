@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,14 +26,15 @@ def _sets(items: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("e2e")
-    proc = run_main(_sets(tiny_overrides() + SYNTH), cwd=cwd)
+    proc = run_main(_sets(tiny_overrides() + SYNTH) + ["--output", "run"], cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return cwd, proc
 
 
 def test_run_writes_well_formed_results(finished_run):
     cwd, proc = finished_run
-    out = cwd / "runs" / "demo" / "seed0"
+    out = cwd / "run"
+    assert f"results: {Path('run') / 'metrics.json'}" in proc.stdout
     assert (out / "config.yaml").is_file() and (out / "log.txt").is_file()
     m = json.loads((out / "metrics.json").read_text())
     assert m["complete"] is True and m["num_tasks"] == 3 and m["tasks_done"] == 3
@@ -61,9 +63,9 @@ def test_run_writes_well_formed_results(finished_run):
 
 def test_rerun_of_complete_run_does_nothing(finished_run):
     cwd, _ = finished_run
-    metrics = cwd / "runs" / "demo" / "seed0" / "metrics.json"
+    metrics = cwd / "run" / "metrics.json"
     before = metrics.read_bytes()
-    proc = run_main(_sets(tiny_overrides() + SYNTH), cwd=cwd)
+    proc = run_main(_sets(tiny_overrides() + SYNTH) + ["--output", "run"], cwd=cwd)
     assert proc.returncode == 0
     assert "already holds the complete results" in proc.stdout
     assert metrics.read_bytes() == before
@@ -71,9 +73,10 @@ def test_rerun_of_complete_run_does_nothing(finished_run):
 
 def test_different_config_in_same_directory_is_refused(finished_run):
     cwd, _ = finished_run
-    out = cwd / "runs" / "demo" / "seed0"
+    out = cwd / "run"
     snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
-    proc = run_main(_sets(tiny_overrides() + SYNTH + ["method.name=seq_lora"]), cwd=cwd)
+    proc = run_main(_sets(tiny_overrides() + SYNTH + ["method.name=seq_lora"]) + ["--output", "run"],
+                    cwd=cwd)
     assert proc.returncode == 2
     assert "method.name" in proc.stderr and "--output" in proc.stderr
     assert "Traceback" not in proc.stderr

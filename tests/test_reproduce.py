@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from splitlora.config import load_config
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import HANG_GUARD_S, REPO, tiny_overrides
 
 SETTINGS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
 
@@ -33,7 +33,7 @@ def _fabricate(root: Path) -> Path:
 
 def reproduce(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "reproduce.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600,
+                          capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.conftest import REPO, TINY_VIT, main_inprocess, run_main, tiny_overrides
+from tests.conftest import HANG_GUARD_S, REPO, TINY_VIT, main_inprocess, run_main, tiny_overrides
 
 SYNTH = ["dataset.name=synthetic", "dataset.num_tasks=3",
          "dataset.synthetic={num_classes: 6, train_per_class: 40, val_per_class: 6, image_size: 16}",
@@ -31,7 +31,7 @@ def _popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Po
                             env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})))
 
 
-def _kill_when(proc: subprocess.Popen, marker: str, timeout: float = 240) -> list[str]:
+def _kill_when(proc: subprocess.Popen, marker: str, timeout: float = HANG_GUARD_S) -> list[str]:
     """Read stderr until a line contains ``marker``, then SIGKILL the process (from here)."""
     seen, deadline = [], time.time() + timeout
     for line in proc.stderr:

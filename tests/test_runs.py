@@ -15,7 +15,7 @@ import pytest
 from splitlora.cli import default_output
 from splitlora.config import config_hash, load_config
 from splitlora.runlock import LOCK_NAME, RunLock
-from tests.conftest import REPO, main_inprocess, run_main
+from tests.conftest import HANG_GUARD_S, REPO, main_inprocess, run_main
 from tests.test_resilience import _args, _kill_when, _popen
 
 
@@ -64,11 +64,11 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
 
 def test_two_concurrent_runs_one_directory_only_one_writes(tmp_path):
     first = _popen(_args() + ["--output", "run"], tmp_path)
-    deadline = time.time() + 240
+    deadline = time.time() + HANG_GUARD_S
     while not (tmp_path / "run" / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.2)  # the first run holds the lock (and has written its config)
     second = run_main(_args(["method.name=seq_lora"]) + ["--output", "run"], cwd=tmp_path)
-    first_out, first_err = first.communicate(timeout=300)
+    first_out, first_err = first.communicate(timeout=HANG_GUARD_S)
     assert first.returncode == 0, first_err[-3000:]
     assert second.returncode == 2 and "in use by pid" in second.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -66,12 +66,14 @@ def test_class_count_comes_from_pickles(tmp_path: Path) -> None:
     assert tf.count(tmp_path / "out", "train") == 12 and tf.count(tmp_path / "out", "val") == 6
 
 
-@pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
-def test_every_mode_writes_png_files(cifar: tf.Cifar, tmp_path: Path, mode: str) -> None:
-    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out", "--mode", mode)
+def test_images_are_png_files_and_mode_is_refused(cifar: tf.Cifar, tmp_path: Path) -> None:
+    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     f = tmp_path / "out" / "train" / f"{cifar.train_labels[3]:02d}" / "3.png"
     assert f.is_file() and not f.is_symlink() and os.stat(f).st_nlink == 1
+    # --mode has no meaning here (the pixels come from pickles): refused, not ignored
+    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out2", "--mode", "symlink")
+    assert r.returncode == 2 and "--mode" in r.stderr and not (tmp_path / "out2").exists()
 
 
 def test_help_says_png() -> None:

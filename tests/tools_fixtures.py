@@ -19,9 +19,10 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = REPO / "tools"
+HANG_GUARD_S = 3600  # a hang guard, not a speed limit (see conftest.py)
 
 
-def run_tool(script: str, *args: object, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_tool(script: str, *args: object, env: dict | None = None, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     """Run ``tools/<script>`` as a user would, from the repository root."""
     full_env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **(env or {}))
     return subprocess.run(

@@ -164,14 +164,17 @@ def read_list(path: Path) -> Iterator[tuple[int, str]]:
 # --------------------------------------------------------------------------------------------
 # argument handling and entry point
 # --------------------------------------------------------------------------------------------
-def add_common_args(parser: argparse.ArgumentParser, src_help: str, mode_help: str | None = None) -> None:
-    """Add ``--src``, ``--dst`` and ``--mode`` to a tool's parser."""
+def add_common_args(parser: argparse.ArgumentParser, src_help: str, mode_help: str | None = None,
+                    with_mode: bool = True) -> None:
+    """Add ``--src``, ``--dst`` and (``with_mode``) ``--mode`` to a tool's parser."""
     parser.add_argument("--src", required=True, type=Path, help=src_help)
     parser.add_argument(
         "--dst", required=True, type=Path,
         help="destination folder (created if needed; must not be inside --src); receives "
         f"train/<class>/, val/<class>/, {NAMES_NAME} and {INFO_NAME}",
     )
+    if not with_mode:
+        return
     parser.add_argument(
         "--mode", choices=MODES, default="symlink",
         help=mode_help or "how images are placed in the destination: symlink (absolute targets, "

@@ -153,13 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Images are always written as PNG files (pixels decoded from the pickles), whatever --mode says.",
+        epilog="Images are written as PNG files, decoded from the pickles (there is no --mode: "
+        "nothing to link to).",
     )
     add_common_args(
         parser,
         src_help="cifar-100-python.tar.gz or the extracted cifar-100-python/ folder (train, test, meta)",
-        mode_help="accepted for a uniform interface with the other tools, but ignored: CIFAR images "
-        "are always written as PNG files",
+        with_mode=False,
     )
     return parser
 
@@ -182,10 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, labels = _check_batch(pickles[key], f"{src} ({key})", len(names))
         for i, lab in enumerate(labels):
             items.append(Item(split, folders[lab], f"{i}.png", PngSource(images[i], f"{key}[{i}]"), f"{key}[{i}]"))
-    if args.mode != "symlink":
-        print(f"note: --mode {args.mode} is ignored; CIFAR-100 images are written as PNG files.", file=sys.stderr)
     return materialize(
-        tool=TOOL, src=src, dst=dst, mode=args.mode, items=items, classes=folders,
+        tool=TOOL, src=src, dst=dst, mode="copy", items=items, classes=folders,
         class_names=dict(zip(folders, names)), info_mode="png",
     )
 
