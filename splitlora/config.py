@@ -371,11 +371,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.split.alpha >= 0, "split.alpha", cfg.split.alpha, "must be >= 0")
     _check(0 < cfg.method.threshold <= 1, "method.threshold", cfg.method.threshold,
            "must be in (0, 1], e.g. 0.95 or 0.99")
-    m = cfg.method
-    _check(0 < m.inflora_lamb < 1, "method.inflora_lamb", m.inflora_lamb,
+    lamb, lame = cfg.method.inflora_lamb, cfg.method.inflora_lame
+    _check(0 < lamb < 1, "method.inflora_lamb", lamb,
            "must be in (0, 1), e.g. 0.98 (InfLoRA's ImageNet-R value) or 0.95")
-    _check(m.inflora_lamb <= m.inflora_lame <= 1, "method.inflora_lame", m.inflora_lame,
-           f"must be in [method.inflora_lamb, 1] = [{m.inflora_lamb}, 1], e.g. 1.0")
+    _check(lamb <= lame <= 1, "method.inflora_lame", lame,
+           f"must be in [method.inflora_lamb, 1] = [{lamb}, 1], e.g. 1.0")
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(all(isinstance(m, int) and m >= 1 for m in t.milestones), "train.milestones",
