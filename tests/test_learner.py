@@ -236,7 +236,8 @@ def test_linear_probe_trains_only_the_head():
 def test_joint_method_gets_every_class_as_one_task(tmp_path):
     from splitlora.experiment import Experiment
     from splitlora.metrics import AccuracyTracker
-    data = {"device": "cpu", "dataset": {"name": "synthetic", "num_tasks": 5}}
+    data = {"device": "cpu", "dataset": {"name": "synthetic", "num_tasks": 5, "synthetic": {
+        "num_classes": 10, "train_per_class": 2, "val_per_class": 1, "image_size": 8}}}
     split = Experiment(from_dict(data), tmp_path / "a", progress=False)
     joint = Experiment(from_dict({**data, "method": {"name": "joint"}}), tmp_path / "b",
                        progress=False)
