@@ -85,7 +85,9 @@ def print_report(metrics: dict, out: Path) -> None:
     if metrics.get("final_acc") is not None:
         print(f"final accuracy          {metrics['final_acc']:6.2f}")
         print(f"average incremental acc {metrics['avg_inc_acc']:6.2f}")
-        print(f"forgetting              {metrics['forgetting']:6.2f}")
+        forgetting = metrics["forgetting"]
+        print("forgetting              " + ("   n/a (one task)" if forgetting is None
+                                            else f"{forgetting:6.2f}"))
     print(f"results: {out / 'metrics.json'}")
 
 

@@ -56,12 +56,16 @@ class LoRAConfig:
 class MethodConfig:
     """Which continual learner runs (registered by name in ``splitlora.learner``)."""
 
-    name: str = "splitlora"  # splitlora | threshold | random_a | seq_lora
+    name: str = "splitlora"  # splitlora | threshold | random_a | seq_lora | inflora | joint | linear_probe
     threshold: float = 0.95  # threshold: share of the spectrum the frozen subspace must hold
     train_a: bool = False  # subspace methods: A trains too, kept in the free subspace
     # ||A_t|| of task t >= 1 (splitlora, threshold, random_a): decay = ||A_ref|| / (t + 1);
     # constant = ||A_ref||. The public versions of the official code differ here (docs/protocol.md)
     a_norm: str = "decay"
+    # inflora: DualGPM threshold after task t of T is lamb + (lame - lamb) t / T. InfLoRA's
+    # configs: 0.98 / 1.0 for ImageNet-R, 0.95 / 1.0 for CIFAR-100 and DomainNet
+    inflora_lamb: float = 0.98
+    inflora_lame: float = 1.0
 
 
 @dataclass
@@ -389,6 +393,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.split.alpha >= 0, "split.alpha", cfg.split.alpha, "must be >= 0")
     _check(0 < cfg.method.threshold <= 1, "method.threshold", cfg.method.threshold,
            "must be in (0, 1], e.g. 0.95 or 0.99")
+    lamb, lame = cfg.method.inflora_lamb, cfg.method.inflora_lame
+    _check(0 < lamb < 1, "method.inflora_lamb", lamb,
+           "must be in (0, 1), e.g. 0.98 (InfLoRA's ImageNet-R value) or 0.95")
+    _check(lamb <= lame <= 1, "method.inflora_lame", lame,
+           f"must be in [method.inflora_lamb, 1] = [{lamb}, 1], e.g. 1.0")
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
     _check(all(isinstance(m, int) and m >= 1 for m in t.milestones), "train.milestones",

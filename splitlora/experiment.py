@@ -25,7 +25,7 @@ from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
 from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
 from .fileio import atomic_write_text, read_json, write_json_atomic
-from .learner import Learner, build_learner, derived_seed
+from .learner import METHODS, Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
 from .runinfo import environment, hub_weights_file, utc_now
 
@@ -127,8 +127,9 @@ class Experiment:
         # data first: a bad root fails before any model is built or downloaded
         self.bench: Benchmark = build_benchmark(cfg.dataset, cfg.model.img_size, mean, std)
         order_seed = cfg.dataset.class_order_seed
-        self.tasks = self.bench.tasks(cfg.dataset.num_tasks,
-                                      cfg.seed if order_seed is None else order_seed,
+        # a single-task method (joint training) gets every class at once
+        num_tasks = 1 if METHODS[cfg.method.name].single_task else cfg.dataset.num_tasks
+        self.tasks = self.bench.tasks(num_tasks, cfg.seed if order_seed is None else order_seed,
                                       cfg.dataset.shuffle_classes)
         self.data_identity = self.bench.identity(self.tasks)
         self.session_changes: list[str] = []  # resumable keys changed since the last session
@@ -252,11 +253,12 @@ class Experiment:
         t0 = time.perf_counter()
         classes = self.tasks[task]
         offset = task * len(classes)
-        self.learner.before_task(task, len(classes))
         progress = self.progress and self.dist.is_main
+        cov_loader = lambda: self.train_loader(task, for_covariance=True)  # noqa: E731
+        self.learner.before_task(task, len(classes), cov_loader, progress)
         self.learner.train_task(task, self.train_loader(task), offset, progress)
-        self.learner.after_task(task, lambda: self.train_loader(task, for_covariance=True),
-                                last=task == len(self.tasks) - 1, progress=progress)
+        self.learner.after_task(task, cov_loader, last=task == len(self.tasks) - 1,
+                                progress=progress)
         for j in range(task + 1):
             correct, total = self.learner.evaluate(self.val_loader(j), f"eval task {j}",
                                                    self.progress and self.dist.is_main)

@@ -1,6 +1,7 @@
 """Continual learners with a task lifecycle, registered by name (``method.name``).
 
-    before_task(t)   new head, new adapters (A initialised by the method, B = 0)
+    before_task(t)   new head, new adapters (A initialised by the method, B = 0); methods
+                     that design A from the task's data (InfLoRA) get a loader factory
     train_task(t)    train B (and the head) on task t
     after_task(t)    merge B A into the frozen weight; method-specific bookkeeping
                      (SplitLoRA: covariance pass, split, free bases for task t + 1)
@@ -66,6 +67,7 @@ class Learner:
 
     name: ClassVar[str] = "base"
     supports_train_a: ClassVar[bool] = False  # method.train_a is meaningful for this method
+    single_task: ClassVar[bool] = False  # the experiment gives this method every class as one task
 
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
@@ -86,7 +88,11 @@ class Learner:
         torch.manual_seed(derived_seed(self.cfg.seed, task, 0))
 
     # ----------------------------------------------------------------- lifecycle
-    def before_task(self, task: int, num_classes: int) -> None:
+    def before_task(self, task: int, num_classes: int,
+                    make_cov_loader: Optional[Callable[[], DataLoader]] = None,
+                    progress: bool = True) -> None:
+        """New head and adapters. ``make_cov_loader()`` gives the task's training data for a
+        covariance pass (the same loader as after_task's), for methods that need it."""
         self.seed_task(task)
         self.model.heads.add_head(num_classes, self.cfg.model.head_init).to(self.device)
         gen = self.generator(task, 1)
@@ -277,3 +283,28 @@ class RandomA(Learner):
             return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
         return init_lora_A(torch.eye(dim), self.cfg.lora.rank, task, generator,
                            decay=self.cfg.method.a_norm == "decay")
+
+
+@register_method("joint")
+class Joint(Learner):
+    """Upper bound: every class in one task (the experiment reads ``single_task``), trained
+    with the same LoRA placement and per-image budget (epochs x expand_times), one head."""
+
+    single_task = True
+
+
+@register_method("linear_probe")
+class LinearProbe(Learner):
+    """Lower bound: the backbone stays frozen, only each task's head trains (no adapters)."""
+
+    def before_task(self, task: int, num_classes: int,
+                    make_cov_loader: Optional[Callable[[], DataLoader]] = None,
+                    progress: bool = True) -> None:
+        self.seed_task(task)
+        self.model.heads.add_head(num_classes, self.cfg.model.head_init).to(self.device)
+
+    def trainable(self, task: int) -> tuple[list, list]:
+        return [], list(self.model.heads.heads[task].parameters())
+
+
+from . import learner_inflora  # noqa: E402,F401  (registers method "inflora")

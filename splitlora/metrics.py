@@ -3,7 +3,8 @@
 R[t, j] = accuracy (%) on task j's val set after training task t (argmax over all seen
 classes); Acc_t = sample-weighted accuracy over tasks 0..t after task t; final accuracy =
 Acc_{T-1}; average incremental accuracy = mean_t Acc_t; forgetting = mean over j < T-1 of
-(max_t R[t, j] - R[T-1, j]), the max taken over every t >= j.
+(max_t R[t, j] - R[T-1, j]), the max taken over every t >= j; undefined (None) after a single
+task.
 """
 from __future__ import annotations
 
@@ -72,10 +73,11 @@ class AccuracyTracker:
         self.total = np.asarray(state["total"], dtype=np.int64)
 
 
-def forgetting(matrix: list[list[Optional[float]]], last: int) -> float:
-    """Mean over j < last of (max over t in [j, last] of R[t][j]) - R[last][j]; 0 for one task."""
+def forgetting(matrix: list[list[Optional[float]]], last: int) -> Optional[float]:
+    """Mean over j < last of (max over t in [j, last] of R[t][j]) - R[last][j]; None (no
+    old task, nothing to forget) when ``last`` is 0, e.g. for a single-task (joint) run."""
     if last <= 0:
-        return 0.0
+        return None
     drops = [max(matrix[t][j] for t in range(j, last + 1)) - matrix[last][j] for j in range(last)]
     return float(np.mean(drops))
 

@@ -218,3 +218,35 @@ def test_second_task_starts_from_the_first_tasks_trained_head():
     learner.before_task(1, 3)
     assert all(torch.equal(model.heads.heads[1].state_dict()[k], v) for k, v in trained.items())
     assert float(trained["bias"].abs().max()) > 0  # it did train away from the zero bias
+
+
+def test_linear_probe_trains_only_the_head():
+    model = ContinualViT(tiny_vit(), rank=2)
+    learner = build_learner(_cfg("linear_probe"), model, torch.device("cpu"))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "heads" not in n}
+    learner.before_task(0, 3)
+    head = {k: v.clone() for k, v in model.heads.heads[0].state_dict().items()}
+    learner.train_task(0, _loader(0), 0, progress=False)
+    learner.after_task(0, lambda: _loader(0), progress=False)
+    assert all(not a.active for a in model.adapters)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert not torch.equal(model.heads.heads[0].weight, head["weight"])
+
+
+def test_joint_method_gets_every_class_as_one_task(tmp_path):
+    from splitlora.experiment import Experiment
+    from splitlora.metrics import AccuracyTracker
+    data = {"device": "cpu", "dataset": {"name": "synthetic", "num_tasks": 5, "synthetic": {
+        "num_classes": 10, "train_per_class": 2, "val_per_class": 1, "image_size": 8}}}
+    split = Experiment(from_dict(data), tmp_path / "a", progress=False)
+    joint = Experiment(from_dict({**data, "method": {"name": "joint"}}), tmp_path / "b",
+                       progress=False)
+    assert len(split.tasks) == 5 and len(joint.tasks) == 1
+    assert sorted(joint.tasks[0]) == sorted(c for t in split.tasks for c in t)
+    one = AccuracyTracker(1)
+    one.update(0, 0, 9, 10)
+    assert one.summary()["forgetting"] is None  # one task: nothing to forget (not 0)
+    two = AccuracyTracker(2)
+    for t, j, c in ((0, 0, 10), (1, 0, 7), (1, 1, 9)):
+        two.update(t, j, c, 10)
+    assert two.summary()["forgetting"] == pytest.approx(30.0)
