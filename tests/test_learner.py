@@ -194,7 +194,7 @@ def test_head_init_follows_the_official_code():
     bound = 1 / d ** 0.5
     torch.manual_seed(0)
     heads = TaskHeads(d)
-    w0 = heads.add_head(20, "official")
+    w0 = heads.add_head(20, "official").requires_grad_(False)
     assert torch.equal(w0.bias, torch.zeros(20))
     assert abs(float(w0.weight.std()) - 0.02) < 1e-3
     # a normal law puts ~7% of its mass beyond 1/sqrt(d) = 1.8 std; a uniform one puts none
@@ -203,11 +203,11 @@ def test_head_init_follows_the_official_code():
         w0.weight.add_(1.0)  # stands for training
     w1 = heads.add_head(20, "official")
     assert torch.equal(w1.weight, w0.weight) and torch.equal(w1.bias, w0.bias)
-    w2 = heads.add_head(20, "official")
+    w2 = heads.add_head(20, "official").requires_grad_(False)
     for p in (w2.weight, w2.bias):
         assert float(p.abs().max()) <= bound and float(p.std()) > 0.5 * bound / 3 ** 0.5
     fresh = TaskHeads(d)
-    f0, f1 = fresh.add_head(20, "fresh"), fresh.add_head(20, "fresh")
+    f0, f1 = (fresh.add_head(20, "fresh").requires_grad_(False) for _ in range(2))
     assert float(f0.bias.abs().max()) > 0 and float(f0.weight.abs().max()) <= bound
     assert not torch.equal(f0.weight, f1.weight)
 
