@@ -6,14 +6,18 @@
     python reproduce.py --data-root /data --only cifar100_10 --dry-run
     python reproduce.py --data-root /data --set train.num_workers=16 --output results
     python reproduce.py --data-root /data --suite ablation     # ImageNet-R, 3 subspace choices
-    python reproduce.py --suite demo --cpu-jobs 2              # the demo, 4 methods, CPU
+    python reproduce.py --data-root /data --suite compare      # + InfLoRA, seq. LoRA, joint
+    python reproduce.py --suite demo --cpu-jobs 2              # the demo, every method, CPU
 
 Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of the
 tools/split_*.py scripts), each overridable. Every run is an independent ``main.py``
-process in OUTPUT/runs/<setting>/seed<seed>/; one run per GPU at a time (CPU when none), a
+process in OUTPUT/runs/<setting>/seed<seed>/ (other methods than splitlora in
+OUTPUT/runs/<setting>/<method>/seed<seed>/); one run per GPU at a time (CPU when none), a
 queue over the rest. A run whose metrics.json is complete is skipped, so an interrupted
-reproduction continues where it stopped. OUTPUT/summary.md and summary.csv hold the table,
-beside the paper's figures.
+reproduction continues where it stopped. Ctrl-C, SIGTERM or SIGHUP stop the running runs
+(each keeps its completed tasks) and wait for them; running the same command again resumes
+them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
+the paper's figures where it has some.
 """
 from __future__ import annotations
 

@@ -20,12 +20,14 @@ from tests.conftest import REPO, tiny_overrides
 SETTINGS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
 
 
-def _fabricate(root: Path) -> Path:
+def _fabricate(root: Path, only: tuple[str, ...] = ("cifar100", "imagenet-r", "domainnet")) -> Path:
     """Folder-layout data with the real class counts, one tiny image per class and split."""
     spec = {"cifar100": [f"{i:02d}" for i in range(100)],
             "imagenet-r": [f"n{i:08d}" for i in range(200)],
             "domainnet": [f"{i:03d}" for i in range(200)]}
     for name, classes in spec.items():
+        if name not in only:
+            continue
         for split in ("train", "val"):
             for i, c in enumerate(classes):
                 d = root / name / split / c
@@ -286,16 +288,16 @@ def _alive(pid: int) -> bool:
 
 
 def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.CompletedProcess, list[int]]:
-    """Start reproduce.py (cifar100_10, seed 0), wait until its run pauses at the fault point
+    """Start reproduce.py (imagenet_r_5, seed 0), wait until its run pauses at the fault point
     ``pause`` (a temporary checkpoint written, not yet renamed), send ``sig`` to reproduce.py."""
-    console = work / "results" / "runs" / "cifar100_10" / "seed0" / "console.txt"
+    console = work / "results" / "runs" / "imagenet_r_5" / "seed0" / "console.txt"
 
     def pauses() -> int:  # console.txt is appended to by every session of the run
         return console.read_text().count("SPLITLORA-FAULT-PAUSE") if console.exists() else 0
 
     before = pauses()
     proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), "--data-root", "data",
-                             "--only", "cifar100_10", "--gpus", "cpu", "--output", "results",
+                             "--only", "imagenet_r_5", "--gpus", "cpu", "--output", "results",
                              *_tiny_sets()], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONWARNINGS="ignore",
@@ -325,7 +327,7 @@ def _assert_stopped_cleanly(work: Path, stopped: subprocess.CompletedProcess, si
     assert f"interrupted by {signal.Signals(sig).name}" in stopped.stderr
     assert "run the same command again" in stopped.stderr and "resumes" in stopped.stderr
     assert "Traceback" not in stopped.stderr
-    run = work / "results" / "runs" / "cifar100_10" / "seed0"
+    run = work / "results" / "runs" / "imagenet_r_5" / "seed0"
     assert not list(work.rglob("*.tmp"))  # the run removed its half-written checkpoint
     assert (run / "console.txt").read_text().count("interrupted: the last completed task") == \
         (1 if sig == signal.SIGINT else 2)  # main.py stopped as on Ctrl-C, each time
@@ -335,20 +337,20 @@ def _assert_stopped_cleanly(work: Path, stopped: subprocess.CompletedProcess, si
 
 
 def test_stop_signals_reach_the_runs_which_the_same_command_resumes(tmp_path):
-    _fabricate(tmp_path / "data")
-    run = tmp_path / "results" / "runs" / "cifar100_10" / "seed0"
+    _fabricate(tmp_path / "data", only=("imagenet-r",))
+    run = tmp_path / "results" / "runs" / "imagenet_r_5" / "seed0"
     # Ctrl-C while the checkpoint of task 0 is being written: nothing is complete yet
     stopped, _ = _stop_mid_run(tmp_path, signal.SIGINT, "checkpoint_write:1")
     _assert_stopped_cleanly(tmp_path, stopped, signal.SIGINT, done=0)
     # SIGTERM while that of task 1 is being written (the run restarted from task 0)
     stopped, _ = _stop_mid_run(tmp_path, signal.SIGTERM, "checkpoint_write:2")
     _assert_stopped_cleanly(tmp_path, stopped, signal.SIGTERM, done=1)
-    again = reproduce("--data-root", "data", "--only", "cifar100_10", "--gpus", "cpu",
+    again = reproduce("--data-root", "data", "--only", "imagenet_r_5", "--gpus", "cpu",
                       "--output", "results", *_tiny_sets(), cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming {run} after task 1 of 10" in (run / "log.txt").read_text()
+    assert f"resuming {run} after task 1 of 5" in (run / "log.txt").read_text()
     assert json.loads((run / "metrics.json").read_text())["complete"]
-    assert "| cifar100_10 | splitlora | 0 |" in (tmp_path / "results" / "summary.md").read_text()
+    assert "| imagenet_r_5 | splitlora | 0 |" in (tmp_path / "results" / "summary.md").read_text()
 
 
 # ------------------------------------------------------------------ same-protocol comparison
