@@ -124,17 +124,17 @@ def test_second_invocation_skips_finished_runs(reproduced):
 def test_dry_run_lists_the_plan_and_writes_nothing(reproduced, tmp_path):
     work, data, _ = reproduced
     out = tmp_path / "fresh"
-    proc = reproduce("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
-                     "--output", str(out), "--dry-run", *_tiny_sets(), cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
+                               "--output", str(out), "--dry-run", *_tiny_sets(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 10
     assert all("pending" in ln and "main.py" in ln and " cpu " in ln for ln in lines)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # against the finished results: seeds 0 done, seed 2 pending
-    proc = reproduce("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu", "--output",
-                     str(work / "results"), "--dry-run", "--only", "cifar100_10", *_tiny_sets(),
-                     cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
+                               "--output", str(work / "results"), "--dry-run", "--only",
+                               "cifar100_10", *_tiny_sets(), cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 2 and " done " in lines[0] and " pending " in lines[1]
 
@@ -142,8 +142,8 @@ def test_dry_run_lists_the_plan_and_writes_nothing(reproduced, tmp_path):
 def test_missing_data_roots_are_all_reported_before_anything_starts(tmp_path):
     data = tmp_path / "data"
     (data / "imagenet-r" / "train").mkdir(parents=True)  # present but incomplete
-    proc = reproduce("--data-root", str(data), "--gpus", "cpu", "--output",
-                     str(tmp_path / "results"), *_tiny_sets(), cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--gpus", "cpu", "--output",
+                               str(tmp_path / "results"), *_tiny_sets(), cwd=tmp_path)
     assert proc.returncode == 2
     err = proc.stderr
     assert "nothing was started" in err and "Traceback" not in err
@@ -155,7 +155,8 @@ def test_missing_data_roots_are_all_reported_before_anything_starts(tmp_path):
 
 
 def test_unknown_setting_is_refused(tmp_path):
-    proc = reproduce("--data-root", str(tmp_path), "--only", "cifar10_10", "--dry-run", cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(tmp_path), "--only", "cifar10_10", "--dry-run",
+                               cwd=tmp_path)
     assert proc.returncode == 2 and "cifar10_10" in proc.stderr and "cifar100_10" in proc.stderr
 
 
@@ -206,8 +207,8 @@ def test_ablation_suite_reuses_splitlora_runs_and_tabulates_the_paper_ablation(r
 
 
 def test_ablation_dry_run_plans_three_settings_by_three_methods(tmp_path):
-    proc = reproduce("--suite", "ablation", "--data-root", str(tmp_path), "--dry-run", "--gpus", "cpu",
-                     cwd=tmp_path)
+    proc = reproduce_inprocess("--suite", "ablation", "--data-root", str(tmp_path), "--dry-run",
+                               "--gpus", "cpu", cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if "seed 0" in ln]
     assert len(lines) == 9
     assert sum("method.name=threshold" in ln for ln in lines) == 3
