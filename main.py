@@ -52,5 +52,6 @@ def _stop_on_sigterm(signum: int, frame) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(main())

@@ -248,7 +248,8 @@ def print_plan(plan: list[Run], slots: list[str]) -> None:
 class SignalRelay:
     """While active, the stop signals (SIGINT, SIGTERM, SIGHUP) are recorded instead of
     stopping this process at once, so that the scheduler can pass them on to the runs it
-    started and wait for them (and no file of its own is left half-written)."""
+    started and wait for them (and no file of its own is left half-written). A signal this
+    process was started ignoring (nohup, a background job) stays ignored."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
@@ -257,7 +258,7 @@ class SignalRelay:
     def __enter__(self) -> "SignalRelay":
         for name in STOP_SIGNALS:
             sig = getattr(signal, name, None)
-            if sig is None:
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:  # e.g. under nohup
                 continue
             try:
                 self._previous[sig] = signal.signal(sig, self._record)
@@ -314,8 +315,8 @@ def execute(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[i
                       f"{run.out_dir}", flush=True)
                 t0 = time.time()
                 console = open(run.out_dir / "console.txt", "a")
-                proc = subprocess.Popen(run.main_command(), stdout=console, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True)
+                proc = subprocess.Popen(run.main_command(), stdout=console,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
                 procs.append(proc)
             with console:
                 run.returncode = proc.wait()

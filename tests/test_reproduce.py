@@ -245,7 +245,7 @@ def test_one_seed_has_no_spread_and_undefined_forgetting_is_a_dash(tmp_path):
     _fake_run(runs / "a" / "seed0", 0, 80.0, 90.0, 4.0, rss=0.75)
     _fake_run(runs / "b" / "seed0", 0, 70.0, 85.0, 6.0)
     _fake_run(runs / "b" / "seed1", 1, 74.0, 87.0, 8.0)
-    _fake_run(runs / "joint" / "seed0", 0, 95.0, 95.0, 0.0, num_tasks=1)  # one task: 0.0 is no figure
+    _fake_run(runs / "joint" / "seed0", 0, 95.0, 95.0, 0.0, num_tasks=1)  # one task: 0.0 means none
     plan = [("s", "a", 0, runs / "a" / "seed0", {}),
             ("s", "b", 0, runs / "b" / "seed0", {}), ("s", "b", 1, runs / "b" / "seed1", {}),
             ("s", "b", 1, runs / "b" / "seed1", {}),  # listed twice: counted once
@@ -253,13 +253,14 @@ def test_one_seed_has_no_spread_and_undefined_forgetting_is_a_dash(tmp_path):
     md = write_summary(collect_rows(plan), tmp_path, "T", "compare", paper=False)
     lines = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| s |")}
     assert lines["a"] == "| s | a | 0 | 80.00 | 90.00 | 4.00 | 1.50 | – | 0.75 |"
-    assert lines["b"] == ("| s | b | 0 1 | 72.00 ± 2.83 | 86.00 ± 1.41 | 7.00 ± 1.41 | 1.50 | – "
-                          "| 0.50 |")
+    assert lines["b"] == ("| s | b | 0 1 | 72.00 ± 2.83 | 86.00 ± 1.41 | 7.00 ± 1.41 | 1.50 "
+                          "| – | 0.50 |")
     assert lines["joint"] == "| s | joint | 0 | 95.00 | 95.00 | – | 1.50 | – | 0.50 |"
     assert "paper" not in md.splitlines()[4]  # no paper columns in a comparison
     rows = {r["method"]: r for r in csv.DictReader((tmp_path / "compare.csv").open())}
     assert rows["a"]["final_acc_mean"] == "80.0" and rows["a"]["final_acc_std"] == ""
-    assert rows["b"]["num_runs"] == "2" and float(rows["b"]["final_acc_std"]) == pytest.approx(8 ** 0.5)
+    assert rows["b"]["num_runs"] == "2"
+    assert float(rows["b"]["final_acc_std"]) == pytest.approx(8 ** 0.5)
     assert rows["joint"]["forgetting_mean"] == rows["joint"]["forgetting_std"] == ""
 
 
@@ -288,7 +289,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.CompletedProcess, list[int]]:
+def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.CompletedProcess,
+                                                             list[int]]:
     """Start reproduce.py (imagenet_r_5, seed 0), wait until its run pauses at the fault point
     ``pause`` (a temporary checkpoint written, not yet renamed), send ``sig`` to reproduce.py."""
     console = work / "results" / "runs" / "imagenet_r_5" / "seed0" / "console.txt"
@@ -302,7 +304,9 @@ def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.Complete
                              *_tiny_sets()], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONWARNINGS="ignore",
-                                     SPLITLORA_FAULT=f"pause:{pause}"))
+                                     SPLITLORA_FAULT=f"pause:{pause}"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (SIGINT as in a terminal, even when the tests run as a background job, which ignores it)
     children: list[int] = []
     try:
         deadline = time.time() + 300  # a hang guard, not a speed requirement
@@ -369,7 +373,8 @@ def test_compare_dry_run_plans_four_methods_on_every_setting_sharing_splitlora_r
     for ln in lines:
         setting, method, seed, run_dir = ln[0], ln[1], ln[3], Path(ln[6])
         # splitlora: the main table's directory; the others: one folder per method
-        assert run_dir == (out / setting if method == "splitlora" else out / setting / method) / f"seed{seed}"
+        method_dir = out / setting if method == "splitlora" else out / setting / method
+        assert run_dir == method_dir / f"seed{seed}"
         assert ("method.name=" + method in " ".join(ln)) == (method != "splitlora")
     assert not (tmp_path / "out").exists()
 
@@ -398,7 +403,8 @@ def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(re
     rows = {r["method"]: r for r in csv.DictReader((work / "results" / "compare.csv").open())}
     assert list(rows) == ["splitlora", "inflora", "seq_lora", "joint"]
     for method, r in rows.items():
-        run = work / "results" / "runs" / "imagenet_r_5" / ("" if method == "splitlora" else method) / "seed0"
+        run = (work / "results" / "runs" / "imagenet_r_5"
+               / ("" if method == "splitlora" else method) / "seed0")
         m = json.loads((run / "metrics.json").read_text())
         assert m["method"] == method and m["complete"]
         assert float(r["final_acc_mean"]) == pytest.approx(m["final_acc"])
