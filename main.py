@@ -10,6 +10,7 @@ Outputs go to runs/<config name>/seed<seed>/ unless --output is given.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -44,5 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(args)
 
 
+def _stop_on_sigterm(signum: int, frame) -> None:
+    """SIGTERM stops a run as Ctrl-C does: the finished tasks stay checkpointed, no temporary
+    file is left behind (the write in progress is abandoned and its file removed)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(main())

@@ -6,14 +6,18 @@
     python reproduce.py --data-root /data --only cifar100_10 --dry-run
     python reproduce.py --data-root /data --set train.num_workers=16 --output results
     python reproduce.py --data-root /data --suite ablation     # ImageNet-R, 3 subspace choices
-    python reproduce.py --suite demo --cpu-jobs 2              # the demo, 4 methods, CPU
+    python reproduce.py --data-root /data --suite compare      # + InfLoRA, seq. LoRA, joint
+    python reproduce.py --suite demo --cpu-jobs 2              # the demo, every method, CPU
 
 Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of the
 tools/split_*.py scripts), each overridable. Every run is an independent ``main.py``
-process in OUTPUT/runs/<setting>/seed<seed>/; one run per GPU at a time (CPU when none), a
+process in OUTPUT/runs/<setting>/seed<seed>/ (other methods than splitlora in
+OUTPUT/runs/<setting>/<method>/seed<seed>/); one run per GPU at a time (CPU when none), a
 queue over the rest. A run whose metrics.json is complete is skipped, so an interrupted
-reproduction continues where it stopped. OUTPUT/summary.md and summary.csv hold the table,
-beside the paper's figures.
+reproduction continues where it stopped. Ctrl-C, SIGTERM or SIGHUP stop the running runs
+(each keeps its completed tasks) and wait for them; running the same command again resumes
+them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
+the paper's figures where it has some.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import argparse
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -34,6 +39,10 @@ sys.path.insert(0, str(REPO))
 
 from splitlora.config import ConfigError, config_hash, load_config  # noqa: E402
 from splitlora.results import collect_rows, load_published, read_metrics, write_summary  # noqa: E402
+
+# Signals that stop a reproduction, and what each run is sent in turn (a run stops after
+# abandoning its current task; the tasks it finished stay checkpointed).
+STOP_SIGNALS = {"SIGINT": "SIGINT", "SIGTERM": "SIGTERM", "SIGHUP": "SIGTERM"}
 
 DATA_TOOLS = {
     "cifar100": "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst {root}",
@@ -79,14 +88,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--suite", default="main", help="main (the published table, default), ablation "
-                   "(ImageNet-R: splitlora, threshold, random_a) or demo (the synthetic demo, "
-                   "four methods, CPU, no data)")
+                   "(ImageNet-R: splitlora, threshold, random_a), compare (every setting: "
+                   "splitlora, inflora, seq_lora, joint) or demo (the synthetic demo, every "
+                   "method, CPU, no data)")
     p.add_argument("--data-root", help="folder holding cifar100/, imagenet-r/, domainnet/ "
                    "(required except for --suite demo)")
     p.add_argument("--cifar100-root", help="override DIR/cifar100")
     p.add_argument("--imagenet-r-root", help="override DIR/imagenet-r")
     p.add_argument("--domainnet-root", help="override DIR/domainnet")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="run seeds (default 0); a repeated seed runs once")
     p.add_argument("--gpus", default=None,
                    help="comma-separated GPU ids (default: every visible GPU; 'cpu' for none)")
     p.add_argument("--gpus-per-run", type=int, default=1,
@@ -98,7 +109,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to every run (repeatable)")
     p.add_argument("--output", default="results", help="results folder (default: results)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag in ("seeds", "only"):  # one run directory has one writer: repeats run once
+        values = getattr(args, flag)
+        if values and len(set(values)) < len(values):
+            unique = list(dict.fromkeys(values))
+            print(f"note: --{flag} repeats "
+                  + ", ".join(str(v) for v in unique if values.count(v) > 1)
+                  + f"; each runs once ({' '.join(str(v) for v in unique)})", file=sys.stderr)
+            setattr(args, flag, unique)
+    return args
 
 
 def data_roots(args: argparse.Namespace) -> dict[str, Path]:
@@ -145,6 +165,10 @@ def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
                 plan.append(Run(name, method, seed, REPO / "configs" / s["config"], data_root,
                                 run_dir / f"seed{seed}", overrides + method_set + args.overrides,
                                 dict(s["paper"].get(method) or {})))
+    dirs = [r.out_dir for r in plan]
+    if len(set(dirs)) != len(dirs):  # one writer per run directory
+        raise ConfigError("two runs of the plan share a run directory: "
+                          + ", ".join(sorted({str(d) for d in dirs if dirs.count(d) > 1})))
     return plan
 
 
@@ -164,11 +188,11 @@ def resolve_status(run: Run) -> None:
 
 def check_data(plan: list[Run]) -> list[str]:
     """Every distinct data root checked; one message per bad root, with the tool to run."""
-    from datasets import BENCHMARKS, DataError, check_folder_root
     problems, seen = [], set()
     for run in plan:
         if run.status == "done" or run.data_root is None:
             continue
+        from datasets import BENCHMARKS, DataError, check_folder_root  # torch: only when needed
         cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
         key = (str(run.data_root), cfg.dataset.name, cfg.dataset.num_tasks)
         if key in seen:
@@ -221,17 +245,58 @@ def print_plan(plan: list[Run], slots: list[str]) -> None:
               + (f"  [{run.detail}]" if run.detail else ""))
 
 
-def execute(plan: list[Run], slots: list[str]) -> None:
-    """Run the pending runs, one per slot at a time, in plan order."""
+class SignalRelay:
+    """While active, the stop signals (SIGINT, SIGTERM, SIGHUP) are recorded instead of
+    stopping this process at once, so that the scheduler can pass them on to the runs it
+    started and wait for them (and no file of its own is left half-written). A signal this
+    process was started ignoring (nohup, a background job) stays ignored."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "SignalRelay":
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is None or signal.getsignal(sig) is signal.SIG_IGN:  # e.g. under nohup
+                continue
+            try:
+                self._previous[sig] = signal.signal(sig, self._record)
+            except ValueError:  # not the main thread: signals keep their handlers
+                pass
+        return self
+
+    def _record(self, signum: int, frame) -> None:
+        self.received.append(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def forwarded(signum: int) -> int:
+    """The signal a run is sent when the scheduler receives ``signum``."""
+    return int(getattr(signal, STOP_SIGNALS[signal.Signals(signum).name]))
+
+
+def execute(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[int]:
+    """Run the pending runs, one per slot at a time, in plan order.
+
+    On a stop signal no new run starts; the running ones are sent the signal (SIGHUP is sent
+    as SIGTERM) and waited for; a second signal kills them. Returns the stop signal, or None.
+    Runs are started in their own session, so a Ctrl-C in the terminal reaches them only
+    through this relay, once.
+    """
     todo: "queue.Queue[Run]" = queue.Queue()
     for run in plan:
         if run.status == "pending":
             todo.put(run)
     lock = threading.Lock()
+    stop = threading.Event()
     procs: list[subprocess.Popen] = []
 
     def worker(slot: str) -> None:
-        while True:
+        while not stop.is_set():
             try:
                 run = todo.get_nowait()
             except queue.Empty:
@@ -242,38 +307,69 @@ def execute(plan: list[Run], slots: list[str]) -> None:
             elif len(slots) > 1:  # share the cores between concurrent CPU runs
                 env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
             run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
-            run.out_dir.mkdir(parents=True, exist_ok=True)
-            with lock:
+            with lock:  # a run is either started before a stop signal is relayed, or never
+                if stop.is_set():
+                    return
+                run.out_dir.mkdir(parents=True, exist_ok=True)
                 print(f"[start] {run.setting} {run.method} seed {run.seed} on {run.device} -> "
-                      f"{run.out_dir}",
-                      flush=True)
-            t0 = time.time()
-            with open(run.out_dir / "console.txt", "a") as console:
-                proc = subprocess.Popen(run.main_command(), stdout=console, stderr=subprocess.STDOUT,
-                                        env=env)
-                with lock:
-                    procs.append(proc)
+                      f"{run.out_dir}", flush=True)
+                t0 = time.time()
+                console = open(run.out_dir / "console.txt", "a")
+                proc = subprocess.Popen(run.main_command(), stdout=console,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                procs.append(proc)
+            with console:
                 run.returncode = proc.wait()
             run.seconds = time.time() - t0
-            run.status = "done" if run.returncode == 0 and read_metrics(run.out_dir) else "failed"
+            finished = run.returncode == 0 and read_metrics(run.out_dir)
+            run.status = "done" if finished else "interrupted" if stop.is_set() else "failed"
             with lock:
                 print(f"[{run.status}] {run.setting} {run.method} seed {run.seed} in "
                       f"{run.seconds / 60:.1f} min"
-                      + ("" if run.status == "done" else f" (exit {run.returncode}; see "
-                         f"{run.out_dir / 'console.txt'})"), flush=True)
+                      + ("" if run.status == "done" else
+                         " (resumes from its last completed task)" if run.status == "interrupted"
+                         else f" (exit {run.returncode}; see {run.out_dir / 'console.txt'})"),
+                      flush=True)
 
     threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in slots]
     for t in threads:
         t.start()
-    try:
+    stopped_by: Optional[int] = None
+    killed = False
+    while any(t.is_alive() for t in threads):
         for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.5)
-    except KeyboardInterrupt:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        raise
+            t.join(timeout=0.1)
+        if relay.received and stopped_by is None:
+            stopped_by = relay.received[0]
+            with lock:
+                stop.set()
+                live = [p for p in procs if p.poll() is None]
+                for p in live:
+                    p.send_signal(forwarded(stopped_by))
+            print(f"received {signal.Signals(stopped_by).name}: no new run starts; waiting for "
+                  f"{len(live)} running run(s) to stop (a second signal kills them)",
+                  file=sys.stderr, flush=True)
+        elif len(relay.received) > 1 and not killed:
+            killed = True
+            with lock:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+            print("second signal: runs killed; their completed tasks stay checkpointed",
+                  file=sys.stderr, flush=True)
+    return stopped_by
+
+
+def unavailable_methods(plan: list[Run]) -> list[str]:
+    """Methods of pending runs that this checkout does not register."""
+    from splitlora.learner import METHODS
+    return sorted({r.method for r in plan if r.status == "pending" and r.method not in METHODS})
+
+
+SUITE_TITLES = {"main": "SplitLoRA reproduction", "ablation": "Ablation: choice of the subspace",
+                "compare": "Same-protocol comparison: SplitLoRA, InfLoRA, sequential LoRA, "
+                           "joint training",
+                "demo": "Demo-scale comparison (synthetic benchmark)"}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -299,10 +395,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         run.procs = 1 if slots[0] == "cpu" else args.gpus_per_run
     conflicts = [r for r in plan if r.status == "conflict"]
     problems = check_data(plan)
+    missing = unavailable_methods(plan)
     if args.dry_run:
         print_plan(plan, slots)
         for p in problems:
             print(f"warning: data not ready:\n{p}")
+        if missing:
+            print(f"warning: method(s) not available in this checkout: {', '.join(missing)}")
         return 0
     if conflicts:
         print("error: these run directories hold complete results of a different config "
@@ -313,22 +412,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("error: data roots missing or not in the expected layout; nothing was started:\n"
               + "\n".join(problems), file=sys.stderr)
         return 2
+    if missing:
+        from splitlora.learner import METHODS
+        print(f"error: method(s) {', '.join(missing)} of suite {args.suite!r} are not available "
+              f"in this checkout (known: {', '.join(sorted(METHODS))}); nothing was started",
+              file=sys.stderr)
+        return 2
     done = sum(r.status == "done" for r in plan)
     print(f"{len(plan)} runs: {done} already done, {len(plan) - done} to run on "
           f"{', '.join('cpu' if s == 'cpu' else 'cuda:' + s for s in slots)}", flush=True)
-    try:
-        execute(plan, slots)
-    except KeyboardInterrupt:
-        print("interrupted: finished runs are kept; run the same command to continue",
-              file=sys.stderr)
-        return 130
-    rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
-    table = published["suites"][args.suite]["table"]
-    titles = {"main": "SplitLoRA reproduction", "ablation": "Ablation: choice of the subspace",
-              "demo": "Demo-scale comparison (synthetic benchmark)"}
-    md = write_summary(rows, Path(args.output), titles.get(args.suite, args.suite), table)
+    suite = published["suites"][args.suite]
+    table, paper = suite["table"], suite.get("paper_columns", True)
+    with SignalRelay() as relay:  # also keeps a signal from cutting the summary's writes short
+        stopped_by = execute(plan, slots, relay)
+        if stopped_by is None:
+            rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
+            md = write_summary(rows, Path(args.output), SUITE_TITLES.get(args.suite, args.suite),
+                               table, paper)
+    if stopped_by is not None:
+        stopped = [r for r in plan if r.status == "interrupted"]
+        print(f"interrupted by {signal.Signals(stopped_by).name}: {len(stopped)} run(s) stopped, "
+              "finished runs are kept; run the same command again to continue (each stopped run "
+              "resumes from its last completed task)", file=sys.stderr)
+        return 128 + stopped_by
     print("\n" + md)
     print(f"written: {Path(args.output) / (table + '.md')}, {Path(args.output) / (table + '.csv')}")
+    if relay.received:
+        print(f"received {signal.Signals(relay.received[0]).name} after every run had finished; "
+              "the results above are complete", file=sys.stderr)
+        return 128 + relay.received[0]
     failed = [r for r in plan if r.status == "failed"]
     if failed:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f"{r.setting}/{r.method}/seed{r.seed}"

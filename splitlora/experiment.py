@@ -27,7 +27,7 @@ from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distrib
 from .fileio import atomic_write_text, read_json, write_json_atomic
 from .learner import METHODS, Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
-from .runinfo import environment, hub_weights_file, utc_now
+from .runinfo import environment, hub_weights_file, peak_rss_gib, utc_now
 
 log = logging.getLogger("splitlora")
 
@@ -300,6 +300,8 @@ class Experiment:
         self.env["timing"] = dict(self.timing)
         self.env["peak_gpu_mem_gib"] = (torch.cuda.max_memory_allocated(self.device) / 2**30
                                         if self.device.type == "cuda" else None)
+        rss = [v for v in (peak_rss_gib(), self.env.get("peak_rss_gib")) if v is not None]
+        self.env["peak_rss_gib"] = max(rss) if rss else None  # over the sessions of a run
         write_json_atomic(self.out / "env.json", self.env)
 
     def start(self) -> None:
@@ -310,6 +312,8 @@ class Experiment:
         prepare_run_dir(self.cfg, self.out)
         previous = read_json(self.out / "env.json")
         self.env["start_time"] = previous.get("start_time") or utc_now()
+        resumed = self.tracker.tasks_done() > 0
+        self.env["peak_rss_gib"] = previous.get("peak_rss_gib") if resumed else None
         sessions = previous.get("sessions", []) if previous else []
         sessions.append({"start_time": utc_now(), "from_task": self.tracker.tasks_done(),
                          "hostname": self.env["hostname"], "device": self.env["device"],

@@ -31,6 +31,16 @@ def git_commit(repo: Path = REPO) -> Optional[str]:
         return None
 
 
+def peak_rss_gib() -> Optional[float]:
+    """Peak resident memory of this process so far, GiB (None where the platform lacks it)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return kib / 2**30 if sys.platform == "darwin" else kib / 2**20
+
+
 def environment(device: torch.device) -> dict:
     import timm
     import torchvision

@@ -4,25 +4,30 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from splitlora.config import load_config
+from splitlora.results import collect_rows, write_summary
 from tests.conftest import HANG_GUARD_S, REPO, tiny_overrides
 
 SETTINGS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
 
 
-def _fabricate(root: Path) -> Path:
+def _fabricate(root: Path, only: tuple[str, ...] = ("cifar100", "imagenet-r", "domainnet")) -> Path:
     """Folder-layout data with the real class counts, one tiny image per class and split."""
     spec = {"cifar100": [f"{i:02d}" for i in range(100)],
             "imagenet-r": [f"n{i:08d}" for i in range(200)],
             "domainnet": [f"{i:03d}" for i in range(200)]}
     for name, classes in spec.items():
+        if name not in only:
+            continue
         for split in ("train", "val"):
             for i, c in enumerate(classes):
                 d = root / name / split / c
@@ -35,6 +40,23 @@ def reproduce(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "reproduce.py"), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=HANG_GUARD_S,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
+
+
+def reproduce_inprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """reproduce.py's entry point in this process (torch is imported already): for plans."""
+    import contextlib
+    import io
+
+    import reproduce as reproduce_module
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = reproduce_module.main(list(args))
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _tiny_sets() -> list[str]:
@@ -79,6 +101,12 @@ def test_summary_has_five_rows_with_paper_columns_and_aggregated_seeds(reproduce
                 "start_time", "end_time", "weights"):
         assert key in env
     assert env["end_time"] is not None and env["weights"]["source"].startswith("random")
+    assert env["peak_gpu_mem_gib"] is None and 0.05 < env["peak_rss_gib"] < 64  # CPU: RSS only
+    rss = [json.loads((work / "results" / "runs" / "cifar100_10" / f"seed{s}" / "env.json")
+                      .read_text())["peak_rss_gib"] for s in (0, 1)]
+    row = next(r for r in rows if r["setting"] == "cifar100_10")
+    assert float(row["peak_rss_gib_max"]) == pytest.approx(max(rss))
+    assert row["peak_gpu_mem_gib_max"] == ""
 
 
 def test_second_invocation_skips_finished_runs(reproduced):
@@ -96,17 +124,17 @@ def test_second_invocation_skips_finished_runs(reproduced):
 def test_dry_run_lists_the_plan_and_writes_nothing(reproduced, tmp_path):
     work, data, _ = reproduced
     out = tmp_path / "fresh"
-    proc = reproduce("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
-                     "--output", str(out), "--dry-run", *_tiny_sets(), cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
+                               "--output", str(out), "--dry-run", *_tiny_sets(), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 10
     assert all("pending" in ln and "main.py" in ln and " cpu " in ln for ln in lines)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # against the finished results: seeds 0 done, seed 2 pending
-    proc = reproduce("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu", "--output",
-                     str(work / "results"), "--dry-run", "--only", "cifar100_10", *_tiny_sets(),
-                     cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
+                               "--output", str(work / "results"), "--dry-run", "--only",
+                               "cifar100_10", *_tiny_sets(), cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 2 and " done " in lines[0] and " pending " in lines[1]
 
@@ -114,8 +142,8 @@ def test_dry_run_lists_the_plan_and_writes_nothing(reproduced, tmp_path):
 def test_missing_data_roots_are_all_reported_before_anything_starts(tmp_path):
     data = tmp_path / "data"
     (data / "imagenet-r" / "train").mkdir(parents=True)  # present but incomplete
-    proc = reproduce("--data-root", str(data), "--gpus", "cpu", "--output",
-                     str(tmp_path / "results"), *_tiny_sets(), cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(data), "--gpus", "cpu", "--output",
+                               str(tmp_path / "results"), *_tiny_sets(), cwd=tmp_path)
     assert proc.returncode == 2
     err = proc.stderr
     assert "nothing was started" in err and "Traceback" not in err
@@ -127,7 +155,8 @@ def test_missing_data_roots_are_all_reported_before_anything_starts(tmp_path):
 
 
 def test_unknown_setting_is_refused(tmp_path):
-    proc = reproduce("--data-root", str(tmp_path), "--only", "cifar10_10", "--dry-run", cwd=tmp_path)
+    proc = reproduce_inprocess("--data-root", str(tmp_path), "--only", "cifar10_10", "--dry-run",
+                               cwd=tmp_path)
     assert proc.returncode == 2 and "cifar10_10" in proc.stderr and "cifar100_10" in proc.stderr
 
 
@@ -178,9 +207,205 @@ def test_ablation_suite_reuses_splitlora_runs_and_tabulates_the_paper_ablation(r
 
 
 def test_ablation_dry_run_plans_three_settings_by_three_methods(tmp_path):
-    proc = reproduce("--suite", "ablation", "--data-root", str(tmp_path), "--dry-run", "--gpus", "cpu",
-                     cwd=tmp_path)
+    proc = reproduce_inprocess("--suite", "ablation", "--data-root", str(tmp_path), "--dry-run",
+                               "--gpus", "cpu", cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if "seed 0" in ln]
     assert len(lines) == 9
     assert sum("method.name=threshold" in ln for ln in lines) == 3
     assert sum("random_a" in ln for ln in lines) == 3
+
+
+# ------------------------------------------------------------------ honest statistics
+
+def test_repeated_seeds_and_settings_run_once(tmp_path):
+    proc = reproduce_inprocess("--data-root", str(tmp_path), "--seeds", "0", "0", "1", "--only",
+                               "cifar100_10", "cifar100_10", "--gpus", "cpu", "--dry-run",
+                               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert [ln.split()[3] for ln in lines] == ["0", "1"]  # one writer per run directory
+    assert "--seeds repeats 0; each runs once (0 1)" in proc.stderr
+    assert "--only repeats cifar100_10" in proc.stderr
+
+
+def _fake_run(run_dir: Path, seed: int, final: float, avg: float, forgetting, num_tasks: int = 5,
+              rss: float = 0.5) -> None:
+    """A finished run directory as main.py leaves it (only what the table reads)."""
+    run_dir.mkdir(parents=True)
+    matrix = [[final] * num_tasks for _ in range(num_tasks)]
+    (run_dir / "metrics.json").write_text(json.dumps({
+        "complete": True, "seed": seed, "num_tasks": num_tasks, "acc_matrix": matrix,
+        "final_acc": final, "avg_inc_acc": avg, "forgetting": forgetting}))
+    (run_dir / "env.json").write_text(json.dumps({
+        "timing": {"wall_seconds": 90.0}, "peak_gpu_mem_gib": None, "peak_rss_gib": rss}))
+
+
+def test_one_seed_has_no_spread_and_undefined_forgetting_is_a_dash(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs / "a" / "seed0", 0, 80.0, 90.0, 4.0, rss=0.75)
+    _fake_run(runs / "b" / "seed0", 0, 70.0, 85.0, 6.0)
+    _fake_run(runs / "b" / "seed1", 1, 74.0, 87.0, 8.0)
+    _fake_run(runs / "joint" / "seed0", 0, 95.0, 95.0, 0.0, num_tasks=1)  # one task: 0.0 means none
+    plan = [("s", "a", 0, runs / "a" / "seed0", {}),
+            ("s", "b", 0, runs / "b" / "seed0", {}), ("s", "b", 1, runs / "b" / "seed1", {}),
+            ("s", "b", 1, runs / "b" / "seed1", {}),  # listed twice: counted once
+            ("s", "joint", 0, runs / "joint" / "seed0", {})]
+    md = write_summary(collect_rows(plan), tmp_path, "T", "compare", paper=False)
+    lines = {ln.split(" | ")[1]: ln for ln in md.splitlines() if ln.startswith("| s |")}
+    assert lines["a"] == "| s | a | 0 | 80.00 | 90.00 | 4.00 | 1.50 | – | 0.75 |"
+    assert lines["b"] == ("| s | b | 0 1 | 72.00 ± 2.83 | 86.00 ± 1.41 | 7.00 ± 1.41 | 1.50 "
+                          "| – | 0.50 |")
+    assert lines["joint"] == "| s | joint | 0 | 95.00 | 95.00 | – | 1.50 | – | 0.50 |"
+    assert "paper" not in md.splitlines()[4]  # no paper columns in a comparison
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "compare.csv").open())}
+    assert rows["a"]["final_acc_mean"] == "80.0" and rows["a"]["final_acc_std"] == ""
+    assert rows["b"]["num_runs"] == "2"
+    assert float(rows["b"]["final_acc_std"]) == pytest.approx(8 ** 0.5)
+    assert rows["joint"]["forgetting_mean"] == rows["joint"]["forgetting_std"] == ""
+
+
+# ------------------------------------------------------------------ interrupts
+
+def _ppid_and_state(pid: int) -> tuple[int, str]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if _ppid_and_state(int(stat.parent.name))[0] == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return _ppid_and_state(pid)[1] != "Z"
+    except OSError:
+        return False
+
+
+def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.CompletedProcess,
+                                                             list[int]]:
+    """Start reproduce.py (imagenet_r_5, seed 0), wait until its run pauses at the fault point
+    ``pause`` (a temporary checkpoint written, not yet renamed), send ``sig`` to reproduce.py."""
+    console = work / "results" / "runs" / "imagenet_r_5" / "seed0" / "console.txt"
+
+    def pauses() -> int:  # console.txt is appended to by every session of the run
+        return console.read_text().count("SPLITLORA-FAULT-PAUSE") if console.exists() else 0
+
+    before = pauses()
+    proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), "--data-root", "data",
+                             "--only", "imagenet_r_5", "--gpus", "cpu", "--output", "results",
+                             *_tiny_sets()], cwd=work, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONWARNINGS="ignore",
+                                     SPLITLORA_FAULT=f"pause:{pause}"),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # (SIGINT as in a terminal, even when the tests run as a background job, which ignores it)
+    children: list[int] = []
+    try:
+        deadline = time.time() + HANG_GUARD_S  # a hang guard, not a speed requirement
+        while pauses() == before:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        assert len(children) == 1  # the run's main.py
+        assert list(console.parent.glob(".checkpoint.pt.*.tmp"))  # the write is in progress
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=HANG_GUARD_S)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), children
+    finally:
+        survivors = [c for c in children if _alive(c)]
+        for pid in [proc.pid] * (proc.poll() is None) + survivors:
+            os.kill(pid, signal.SIGKILL)
+        assert not survivors, f"main.py still running after reproduce.py exited: {survivors}"
+
+
+def _assert_stopped_cleanly(work: Path, stopped: subprocess.CompletedProcess, sig: int,
+                           done: int) -> None:
+    assert stopped.returncode == 128 + sig, stopped.stderr[-3000:]
+    assert f"interrupted by {signal.Signals(sig).name}" in stopped.stderr
+    assert "run the same command again" in stopped.stderr and "resumes" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    run = work / "results" / "runs" / "imagenet_r_5" / "seed0"
+    assert not list(work.rglob("*.tmp"))  # the run removed its half-written checkpoint
+    assert (run / "console.txt").read_text().count("interrupted: the last completed task") == \
+        (1 if sig == signal.SIGINT else 2)  # main.py stopped as on Ctrl-C, each time
+    assert not (work / "results" / "summary.md").exists()  # no table of a partial run
+    metrics = run / "metrics.json"  # written after each checkpoint
+    assert (json.loads(metrics.read_text())["tasks_done"] if metrics.exists() else 0) == done
+
+
+def test_stop_signals_reach_the_runs_which_the_same_command_resumes(tmp_path):
+    _fabricate(tmp_path / "data", only=("imagenet-r",))
+    run = tmp_path / "results" / "runs" / "imagenet_r_5" / "seed0"
+    # Ctrl-C while the checkpoint of task 0 is being written: nothing is complete yet
+    stopped, _ = _stop_mid_run(tmp_path, signal.SIGINT, "checkpoint_write:1")
+    _assert_stopped_cleanly(tmp_path, stopped, signal.SIGINT, done=0)
+    # SIGTERM while that of task 1 is being written (the run restarted from task 0)
+    stopped, _ = _stop_mid_run(tmp_path, signal.SIGTERM, "checkpoint_write:2")
+    _assert_stopped_cleanly(tmp_path, stopped, signal.SIGTERM, done=1)
+    again = reproduce("--data-root", "data", "--only", "imagenet_r_5", "--gpus", "cpu",
+                      "--output", "results", *_tiny_sets(), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming {run} after task 1 of 5" in (run / "log.txt").read_text()
+    assert json.loads((run / "metrics.json").read_text())["complete"]
+    assert "| imagenet_r_5 | splitlora | 0 |" in (tmp_path / "results" / "summary.md").read_text()
+
+
+# ------------------------------------------------------------------ same-protocol comparison
+
+def test_compare_dry_run_plans_four_methods_on_every_setting_sharing_splitlora_runs(tmp_path):
+    proc = reproduce_inprocess("--suite", "compare", "--data-root", str(tmp_path), "--seeds", "0",
+                               "1", "--dry-run", "--gpus", "cpu", "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln.split() for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert len(lines) == 5 * 4 * 2
+    assert {(ln[0], ln[1], ln[3]) for ln in lines} == {
+        (s, m, seed) for s in SETTINGS for m in ("splitlora", "inflora", "seq_lora", "joint")
+        for seed in ("0", "1")}
+    out = tmp_path / "out" / "runs"
+    for ln in lines:
+        setting, method, seed, run_dir = ln[0], ln[1], ln[3], Path(ln[6])
+        # splitlora: the main table's directory; the others: one folder per method
+        method_dir = out / setting if method == "splitlora" else out / setting / method
+        assert run_dir == method_dir / f"seed{seed}"
+        assert ("method.name=" + method in " ".join(ln)) == (method != "splitlora")
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_suite_includes_inflora_and_joint(tmp_path):
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--output", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    methods = [ln.split()[1] for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert methods == ["splitlora", "threshold", "random_a", "seq_lora", "inflora", "joint"]
+
+
+def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(reproduced):
+    work, _, _ = reproduced
+    proc = reproduce("--suite", "compare", "--only", "imagenet_r_5", "--data-root", "data",
+                     "--seeds", "0", "--gpus", "cpu", "--cpu-jobs", "2", "--output", "results",
+                     *_tiny_sets(), cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "4 runs: 1 already done, 3 to run" in proc.stdout  # splitlora came from the main suite
+    rows = {r["method"]: r for r in csv.DictReader((work / "results" / "compare.csv").open())}
+    assert list(rows) == ["splitlora", "inflora", "seq_lora", "joint"]
+    for method, r in rows.items():
+        run = (work / "results" / "runs" / "imagenet_r_5"
+               / ("" if method == "splitlora" else method) / "seed0")
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["method"] == method and m["complete"]
+        assert float(r["final_acc_mean"]) == pytest.approx(m["final_acc"])
+        assert r["final_acc_std"] == "" and r["seeds"] == "0"  # one seed: no spread
+        assert float(r["wall_minutes_mean"]) > 0 and float(r["peak_rss_gib_max"]) > 0
+        assert (r["forgetting_mean"] == "") == (method == "joint")
+    assert "paper_final_acc" not in rows["joint"]
+    md = (work / "results" / "compare.md").read_text()
+    joint = next(ln for ln in md.splitlines() if ln.startswith("| imagenet_r_5 | joint |"))
+    assert joint.split(" | ")[5] == "–"  # joint training has no forgetting
+    assert "±" not in md.split("\n| ", 1)[1]
