@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, ConfigError, dump_yaml, load_config, to_dict
-from .errors import UserError, user_message
-from .fileio import read_json
+from .config import Config, ConfigError, config_warnings, dump_yaml, load_config, to_dict
+from .errors import UserError, WriteError, user_message
+from .fileio import check_output_dir, read_json
 
 log = logging.getLogger("splitlora")
 
@@ -45,8 +45,8 @@ def read_previous_config(out: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not valid YAML; is {out} a run directory? Use another "
                           "--output") from None
     return data if isinstance(data, dict) else None
@@ -70,6 +70,9 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
 
     Returns (mode, checkpoint state, metrics): mode is 'fresh', 'resume' or 'complete'.
     """
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run "
+                          f"in {out}, --force discards it and starts again; pass one of them")
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     previous = read_previous_config(out)
     ckpt_path = out / CHECKPOINT_NAME
@@ -90,8 +93,31 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
     return "fresh", None, None
 
 
+def log_to_file(message: str) -> None:
+    """Append ``message`` (an error) to the run's log.txt when this session attached it."""
+    record = logging.LogRecord("splitlora", logging.ERROR, __file__, 0, message, None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def checkpoint_note(out: Path, num_tasks: int) -> str:
+    """What a failed write leaves behind: the last checkpoint (read back to prove it intact)."""
+    from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        return "no task had completed, so there is no checkpoint yet; fix this and run again"
+    try:
+        done = load_checkpoint(path).get("tasks_done")
+    except CheckpointError:
+        return f"the checkpoint {path} cannot be read either"
+    return (f"the last checkpoint {path} (after task {done} of {num_tasks}) is intact: fix this "
+            "(e.g. free disk space) and run the same command to continue from it")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
+    exp = None
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -101,6 +127,7 @@ def run_cli(args: argparse.Namespace) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         out = Path(args.output) if args.output else default_output(cfg)
+        check_output_dir(out)
         mode, ckpt, done = inspect_run_dir(out, cfg, args)
         if mode == "complete":
             if not main_process:
@@ -112,6 +139,8 @@ def run_cli(args: argparse.Namespace) -> int:
         from .checkpoint import CHECKPOINT_NAME
         from .experiment import Experiment, attach_log_file, setup_logging
         setup_logging(logging.INFO if main_process else logging.WARNING)
+        for warning in config_warnings(cfg):
+            log.warning(warning)
         exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
         exp.build()  # weights: errors here still leave the run directory untouched
         if ckpt is not None:
@@ -130,13 +159,20 @@ def run_cli(args: argparse.Namespace) -> int:
             print_report(metrics, out)
         return 0
     except UserError as exc:
+        message = user_message(exc)
+        if isinstance(exc, WriteError) and exp is not None:
+            message += "; " + checkpoint_note(exp.out, len(exp.tasks))
+        if main_process:
+            log_to_file(f"error: {message}")
         logging.getLogger().handlers.clear()
         if main_process:
-            print(f"error: {user_message(exc)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed task is checkpointed; run the same command to "
-              "continue", file=sys.stderr)
+        message = ("interrupted: the last completed task is checkpointed; run the same command to "
+                   "continue")
+        log_to_file(message)
+        print(message, file=sys.stderr)
         return 130
     finally:
         if "torch" in sys.modules:
