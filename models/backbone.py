@@ -130,13 +130,21 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
     must be a ViT whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and
     must still run once LoRA wraps those layers. Raises :class:`ConfigError` naming ``key``.
     """
-    from .lora import inject_lora
     extra = dict(kwargs or {}, num_classes=0)
     extra.setdefault("img_size", img_size)
     memo = repr((name, sorted(extra.items(), key=str)))
     if memo in _SUPPORTED_MODELS:
         return
     label = f"{key} {name!r}" if key.startswith("-") else f"{key} = {name!r}"
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
+        _check_backbone(name, img_size, kwargs, extra, label)
+    _SUPPORTED_MODELS.add(memo)
+
+
+def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], extra: dict,
+                    label: str) -> None:
+    """:func:`check_backbone`'s work, on the meta device."""
+    from .lora import inject_lora
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, **extra)
@@ -168,12 +176,12 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
                               f"{type(attn).__name__}). {SUPPORTED}")
     calls: set[int] = set()
     hooks = [q.register_forward_hook(lambda *_, i=i: calls.add(i)) for i, q in enumerate(layers)]
-    x = torch.empty(1, extra.get("in_chans", 3), img_size, img_size, device="meta")
+    x = torch.empty(1, 3, img_size, img_size, device="meta")  # the data: RGB, model.img_size
     try:
         with torch.no_grad():
             model(x)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{label} does not run on {img_size}x{img_size} images (model.img_size) "
+        raise ConfigError(f"{label} does not run on {img_size}x{img_size} RGB images (model.img_size) "
                           f"with model.kwargs {kwargs or {}}: {type(exc).__name__}: {exc}") from None
     for h in hooks:
         h.remove()
@@ -189,7 +197,6 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"{label} does not run with LoRA on attn.qkv ({type(exc).__name__}: "
                           f"{exc}). {SUPPORTED}") from None
-    _SUPPORTED_MODELS.add(memo)
 
 
 def check_hub_reachable(name: str) -> None:
