@@ -24,8 +24,8 @@ from models import ContinualViT, check_backbone, create_backbone, file_sha256
 from . import engine
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
-from .errors import WriteError
 from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
+from .errors import WriteError
 from .fileio import atomic_write_text, read_json, write_json_atomic
 from .learner import Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
