@@ -4,13 +4,15 @@ transforms. ``build_benchmark(dataset_cfg, ...)`` checks the data and returns a
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from . import transforms as tf
-from .folder import DataError, FolderImageSet, ImageSet, TaskDataset, list_class_dirs, list_images
+from .folder import (IMAGE_EXTENSIONS, DataError, FolderImageSet, ImageSet, TaskDataset,
+                     list_class_dirs, list_images)
 from .synthetic import SyntheticImageSet
 from .tasks import class_order, split_tasks
 
@@ -112,6 +114,32 @@ def check_classes_per_task(num_classes: int, num_tasks: int, where: str) -> None
                         f"{num_classes // 2} task{'s' if num_classes // 2 > 1 else ''}")
 
 
+def broken_links(folder: Path, images_only: bool = False) -> list[tuple[str, str]]:
+    """(name, target) of the symbolic links in ``folder`` (to image files only, if asked) whose
+    target is missing."""
+    out = []
+    for e in os.scandir(folder):
+        if images_only and not e.name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        if e.is_symlink() and not os.path.exists(e.path):
+            out.append((e.name, os.readlink(e.path)))
+    return sorted(out)
+
+
+def _check_links(base: Path, split: str, classes: list[str], fix: str) -> None:
+    """Class folders and images that are links into a source that has moved are refused here,
+    not at the first read (the dataset tools link into the source by default)."""
+    broken = [(f"{split}/{n}", t) for n, t in broken_links(base / split)]
+    for c in classes:
+        broken += [(f"{split}/{c}/{n}", t) for n, t in broken_links(base / split / c, True)]
+    if broken:
+        where, target = broken[0]
+        raise DataError(f"dataset root {base}: {len(broken)} symbolic link(s) in {split}/ point to "
+                        f"missing files, e.g. {where} -> {target}; the source they link to has "
+                        "moved or been deleted. Restore it, or prepare the dataset again."
+                        f"{fix}")
+
+
 def check_folder_root(root: Optional[str], name: str, expected: Optional[int], num_tasks: int,
                       hint: str) -> list[str]:
     """Validate ``root/train/<class>/`` and ``root/val/<class>/``; return the sorted classes."""
@@ -121,11 +149,16 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
                         f"dataset.root=DIR (a folder with train/<class>/ and val/<class>/).{fix}")
     base = Path(root).expanduser()
     if not base.is_dir():
+        if base.is_symlink():
+            raise DataError(f"dataset root {base} is a symbolic link to {os.readlink(base)}, which "
+                            f"does not exist (moved or deleted?).{fix}")
         raise DataError(f"dataset root {base} does not exist.{fix}")
     missing = [s for s in ("train", "val") if not (base / s).is_dir()]
     if missing:
         raise DataError(f"dataset root {base} has no {' or '.join(m + '/' for m in missing)} "
                         f"folder: expected {base}/train/<class>/ and {base}/val/<class>/.{fix}")
+    for split in ("train", "val"):
+        _check_links(base, split, [], fix)
     train_classes = list_class_dirs(base / "train")
     val_classes = list_class_dirs(base / "val")
     if train_classes != val_classes:
@@ -144,6 +177,7 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
                         f"classes of {base}; pick a divisor")
     check_classes_per_task(len(train_classes), num_tasks, f"{base}")
     for split in ("train", "val"):
+        _check_links(base, split, train_classes, fix)
         empty = [c for c in train_classes if not list_images(base / split / c)]
         if empty:
             raise DataError(f"dataset root {base}: {len(empty)} empty class folder(s) in {split}/, "

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
@@ -32,6 +33,25 @@ def list_class_dirs(split_dir: Path) -> list[str]:
 def list_images(class_dir: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(class_dir)
                   if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith("."))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL image. High-bit-depth modes are scaled, not clipped as
+    ``convert("RGB")`` would: 16-bit (modes I;16*, and I, which Pillow uses for 16-bit files)
+    by 255/65535; float (F) from [0, 1] when its values lie there, else from [0, 255] or, beyond,
+    [0, 65535]. Pillow decodes 16-bit RGB(A) PNGs to 8 bits itself (their high bytes). Every
+    other mode is ``img.convert("RGB")``, unchanged."""
+    if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
+        return img.convert("RGB")
+    a = np.asarray(img).astype(np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=65535.0, neginf=0.0)
+    peak = float(a.max()) if a.size else 0.0
+    if img.mode == "F" and peak <= 1.0:
+        a = a * 255.0
+    elif img.mode != "F" or peak > 255.0:
+        a = a / 257.0  # 65535 -> 255, and v * 257 (an 8-bit value v stored in 16 bits) -> v
+    gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")  # uint8 (H, W): mode L
 
 
 class ImageSet:
@@ -77,7 +97,7 @@ class FolderImageSet(ImageSet):
         path = self.root / self.paths[index]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return to_rgb(img)
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
             raise BadImageError(f"cannot read image {path} ({self.split} split): "
                                 f"{type(exc).__name__}: {exc}") from None

@@ -10,9 +10,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from splitlora.config import ConfigError
 from splitlora.errors import UserError
 
 log = logging.getLogger(__name__)
+
+SUPPORTED = ("SplitLoRA adapts timm Vision Transformers whose blocks compute q, k and v with one "
+             "fused attn.qkv Linear layer (e.g. vit_base_patch16_224, deit_small_patch16_224, "
+             "vit_small_patch14_dinov2)")
 
 
 class WeightsError(UserError, RuntimeError):
@@ -106,6 +111,120 @@ def offline_weights_help(model_name: str) -> str:
             "download attempt.")
 
 
+_SUPPORTED_MODELS: set[str] = set()  # arguments check_backbone accepted in this process
+
+
+def _qkv_layers(model: nn.Module) -> Optional[list[Optional[nn.Module]]]:
+    """``block.attn.qkv`` of every block (None where absent); None if there are no blocks."""
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
+        return None
+    return [getattr(getattr(b, "attn", None), "qkv", None) for b in blocks]
+
+
+def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, Any]] = None,
+                   key: str = "model.name") -> None:
+    """Refuse a timm model the method cannot adapt, before any weights are read or downloaded.
+
+    The model is built on the meta device (no memory, no weights) with the run's arguments and
+    must be a ViT whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and
+    must still run once LoRA wraps those layers. Raises :class:`ConfigError` naming ``key``.
+    """
+    extra = dict(kwargs or {}, num_classes=0)
+    extra.setdefault("img_size", img_size)
+    memo = repr((name, sorted(extra.items(), key=str)))
+    if memo in _SUPPORTED_MODELS:
+        return
+    label = f"{key} {name!r}" if key.startswith("-") else f"{key} = {name!r}"
+    with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
+        _check_backbone(name, img_size, kwargs, extra, label)
+    _SUPPORTED_MODELS.add(memo)
+
+
+def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], extra: dict,
+                    label: str) -> None:
+    """:func:`check_backbone`'s work, on the meta device."""
+    from .lora import inject_lora
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **extra)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc):
+            raise ConfigError(f"{label} is not a timm model; list them with "
+                              "timm.list_models('vit_*')") from None
+        raise ConfigError(f"{label} cannot be built with img_size {img_size} and model.kwargs "
+                          f"{kwargs or {}}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a constructor rejecting its arguments
+        try:
+            with torch.device("meta"):
+                bare = timm.create_model(name, pretrained=False, num_classes=0)
+        except Exception:  # noqa: BLE001
+            bare = None
+        if bare is not None and _qkv_layers(bare) is None:
+            raise ConfigError(f"{label} is a {type(bare).__name__}, not a Vision Transformer. "
+                              f"{SUPPORTED}") from None
+        raise ConfigError(f"{label} rejects its arguments (img_size {img_size}, model.kwargs "
+                          f"{kwargs or {}}): {type(exc).__name__}: {exc}. Fix model.kwargs") from None
+    layers = _qkv_layers(model)
+    if layers is None:
+        raise ConfigError(f"{label} is a {type(model).__name__}, not a Vision Transformer with "
+                          f"transformer blocks. {SUPPORTED}")
+    for i, qkv in enumerate(layers):
+        if not isinstance(qkv, nn.Linear) or qkv.out_features % 3:
+            attn = getattr(model.blocks[i], "attn", None)
+            raise ConfigError(f"{label}: block {i} has no fused attn.qkv Linear (its attention is "
+                              f"{type(attn).__name__}). {SUPPORTED}")
+    calls: set[int] = set()
+    hooks = [q.register_forward_hook(lambda *_, i=i: calls.add(i)) for i, q in enumerate(layers)]
+    x = torch.empty(1, 3, img_size, img_size, device="meta")  # the data: RGB, model.img_size
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{label} does not run on {img_size}x{img_size} RGB images (model.img_size) "
+                          f"with model.kwargs {kwargs or {}}: {type(exc).__name__}: {exc}") from None
+    for h in hooks:
+        h.remove()
+    if len(calls) < len(layers):
+        attn = type(model.blocks[min(set(range(len(layers))) - calls)].attn).__name__
+        raise ConfigError(f"{label}: its attention ({attn}) does not call the attn.qkv layer (it "
+                          "reads attn.qkv.weight directly), so adapters on qkv would not act. "
+                          f"{SUPPORTED}")
+    inject_lora(model, 1, ("k", "v"))
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{label} does not run with LoRA on attn.qkv ({type(exc).__name__}: "
+                          f"{exc}). {SUPPORTED}") from None
+
+
+def check_hub_reachable(name: str) -> None:
+    """Fail fast without internet: unless the hub weights of ``name`` are cached, one request
+    (no retries) must reach the hub, else a :class:`WeightsError` says how to get the file."""
+    repo, fname = hub_source(name)
+    try:
+        import huggingface_hub as hf
+        from huggingface_hub.utils import HfHubHTTPError
+    except ImportError:
+        return
+    if repo is None:
+        return
+    repo_id, _, revision = repo.partition("@")
+    names = dict.fromkeys([fname, "model.safetensors", "pytorch_model.bin"])
+    for f in names:
+        if isinstance(hf.try_to_load_from_cache(repo_id, f, revision=revision or None), str):
+            return  # cached: the hub falls back to it at once when offline
+    try:
+        hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, fname, revision=revision or None), timeout=10)
+    except HfHubHTTPError:
+        return  # the hub answered (e.g. another file name): let timm go on
+    except Exception as exc:  # noqa: BLE001 - no network, offline mode, proxy, DNS, timeout
+        raise WeightsError(f"cannot download the pretrained weights of '{name}': the Hugging Face "
+                           f"hub is unreachable ({type(exc).__name__}) and they are not in the "
+                           "local cache. " + offline_weights_help(name)) from None
+
+
 def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optional[str] = None,
                     img_size: int = 224, fused_attn: bool = True,
                     kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
@@ -113,11 +232,14 @@ def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optiona
 
     Weights: ``pretrained_file`` when given, else the hub when ``pretrained``, else random.
     """
+    check_backbone(name, img_size, kwargs)
     extra = dict(kwargs or {})
     extra.update(num_classes=0)
     if "img_size" not in extra:
         extra["img_size"] = img_size
     use_hub = pretrained and not pretrained_file
+    if use_hub:
+        check_hub_reachable(name)
     try:
         model = timm.create_model(name, pretrained=use_hub, **extra)
     except RuntimeError as exc:

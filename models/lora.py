@@ -7,6 +7,7 @@ weight for good, so finished tasks cost nothing at forward time.
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Sequence
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SLICES = ("q", "k", "v")
+
+log = logging.getLogger(__name__)
 
 
 class LoRAQKV(nn.Module):
@@ -126,6 +129,11 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
         wrapper = LoRAQKV(qkv, rank, targets)
         attn.qkv = wrapper
         wrappers.append(wrapper)
+    width = min(wrappers[0].in_features, wrappers[0].width) if wrappers else 0
+    if wrappers and rank >= width:
+        log.warning("lora.rank = %d is not below the width %d of the qkv layers: the adapters are "
+                    "not low-rank (B A can be any matrix of that size); use a rank below %d "
+                    "(the protocol: 10 for a 768-wide ViT-B)", rank, width, width)
     return wrappers
 
 

@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .config import (RESUMABLE_KEYS, Config, ConfigError, dump_yaml, flatten, load_config,
-                     to_dict)
-from .errors import UserError, user_message
-from .fileio import read_json
+from .config import (RESUMABLE_KEYS, Config, ConfigError, config_warnings, dump_yaml, flatten,
+                     load_config, to_dict)
+from .errors import UserError, WriteError, user_message
+from .fileio import check_output_dir, read_json
 
 log = logging.getLogger("splitlora")
 
@@ -69,8 +69,8 @@ def read_previous_config(out: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
         raise ConfigError(f"{path} is not valid YAML; is {out} a run directory? Use another "
                           "--output") from None
     return data if isinstance(data, dict) else None
@@ -97,6 +97,9 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
     Returns (mode, checkpoint state, metrics, changes): mode is 'fresh', 'resume' or
     'complete'; changes lists the keys that may change on resume and did.
     """
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run "
+                          f"in {out}, --force discards it and starts again; pass one of them")
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
     previous = read_previous_config(out)
     ckpt_path = out / CHECKPOINT_NAME
@@ -113,9 +116,6 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
             return "complete", None, metrics, changes
         if ckpt_path.is_file():
             return "resume", load_checkpoint(ckpt_path), None, changes
-    if args.resume and args.force:
-        raise ConfigError("--resume and --force contradict each other: --resume continues the run "
-                          f"in {out}, --force discards it and starts again. Pass one of them")
     if args.resume:
         raise ConfigError(f"--resume: no checkpoint of this config in {out} (nothing to resume); "
                           "run without --resume to start it")
@@ -123,9 +123,9 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
-         started: list) -> int:
-    """The run itself, with the run directory locked (by rank 0); appends to ``started`` once
-    it starts writing the run directory."""
+         session: dict) -> int:
+    """The run itself, with the run directory locked (by rank 0). ``session`` receives the
+    experiment and whether the run directory was written to."""
     from .checkpoint import CHECKPOINT_NAME
     from .experiment import Experiment, attach_log_file
     mode, ckpt, done, changes = inspect_run_dir(out, cfg, args)
@@ -135,7 +135,9 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
                   "(pass --force to run again)")
             print_report(done, out)
         return 0
-    exp = Experiment(cfg, out, progress=not args.no_progress)  # checks names and data
+    for warning in config_warnings(cfg):
+        log.warning(warning)
+    exp = session["exp"] = Experiment(cfg, out, progress=not args.no_progress)  # names, data
     exp.build()  # weights: errors here still leave the run directory untouched
     if ckpt is not None:
         exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
         for name in (CHECKPOINT_NAME, "metrics.json"):
             (out / name).unlink(missing_ok=True)
     exp.session_changes = changes
-    started.append(True)  # from here on the directory holds a run: the lock file stays
+    session["started"] = True  # from here on the directory holds a run: the lock file stays
     exp.start()
     if main_process:
         attach_log_file(out / "log.txt")
@@ -158,9 +160,32 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     return 0
 
 
+def log_to_file(message: str) -> None:
+    """Append ``message`` (an error) to the run's log.txt when this session attached it."""
+    record = logging.LogRecord("splitlora", logging.ERROR, __file__, 0, message, None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def checkpoint_note(out: Path, num_tasks: int) -> str:
+    """What a failed write leaves behind: the last checkpoint (read back to prove it intact)."""
+    from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+    path = out / CHECKPOINT_NAME
+    if not path.is_file():
+        return "no task had completed, so there is no checkpoint yet; fix this and run again"
+    try:
+        done = load_checkpoint(path).get("tasks_done")
+    except CheckpointError:
+        return f"the checkpoint {path} cannot be read either"
+    return (f"the last checkpoint {path} (after task {done} of {num_tasks}) is intact: fix this "
+            "(e.g. free disk space) and run the same command to continue from it")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
     lock = None
+    session: dict = {"started": False, "exp": None}
     try:
         overrides = list(args.overrides)
         if args.seed is not None:
@@ -170,26 +195,34 @@ def run_cli(args: argparse.Namespace) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
+        check_output_dir(out)
         from .experiment import setup_logging
         from .runlock import RunLock
         setup_logging(logging.INFO if main_process else logging.WARNING)
         if main_process:
             lock = RunLock(out, shlex.join(sys.argv)).acquire()
-        started: list = []
         try:
-            return _run(args, cfg, out, main_process, started)
+            return _run(args, cfg, out, main_process, session)
         except UserError:
-            if lock is not None and not started:  # refused before anything was written
+            if lock is not None and not session["started"]:  # refused before anything was written
                 lock.discard()
             raise
     except UserError as exc:
+        message = user_message(exc)
+        exp = session["exp"]
+        if isinstance(exc, WriteError) and exp is not None:
+            message += "; " + checkpoint_note(exp.out, len(exp.tasks))
+        if main_process:
+            log_to_file(f"error: {message}")
         logging.getLogger().handlers.clear()
         if main_process:
-            print(f"error: {user_message(exc)}", file=sys.stderr)
+            print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last completed task is checkpointed; run the same command to "
-              "continue", file=sys.stderr)
+        message = ("interrupted: the last completed task is checkpointed; run the same command to "
+                   "continue")
+        log_to_file(message)
+        print(message, file=sys.stderr)
         return 130
     finally:
         if lock is not None:

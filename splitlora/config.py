@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import difflib
 import hashlib
 import json
@@ -324,7 +325,12 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see configs/ for the provided ones)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                          f"at offset {exc.start}); save it with UTF-8 encoding") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(exc)})") from None
     if data is None:
@@ -365,6 +371,10 @@ _CHOICES = {
     "method.a_norm": ("decay", "constant"),
     "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
 }
+
+
+MAX_SEED = 2**32 - 1  # seeds feed numpy, torch and DataLoader generators: one 32-bit range for all
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 
 
 def _check(cond: bool, key: str, value: Any, requirement: str) -> None:
@@ -417,8 +427,22 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.num_workers >= 0, "eval.num_workers", cfg.eval.num_workers, "must be >= 0")
     _check(cfg.dataset.num_tasks >= 1, "dataset.num_tasks", cfg.dataset.num_tasks, "must be >= 1")
     _check(cfg.model.img_size >= 8, "model.img_size", cfg.model.img_size, "must be >= 8")
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
-           "device", cfg.device, "must be auto, cpu, cuda or cuda:N")
+    _check(_DEVICE.fullmatch(cfg.device) is not None, "device", cfg.device,
+           "must be auto, cpu, cuda or cuda:N with N a GPU index (e.g. cuda:0)")
+    seeds = {"seed": cfg.seed, "dataset.class_order_seed": cfg.dataset.class_order_seed,
+             "dataset.synthetic.seed": cfg.dataset.synthetic.seed,
+             "demo_pretrain.seed": cfg.demo_pretrain.seed}
+    for key, value in seeds.items():
+        _check(value is None or 0 <= value <= MAX_SEED, key, value,
+               f"must be an integer from 0 to {MAX_SEED}" + (" (--seed)" if key == "seed" else ""))
+    kw = cfg.model.kwargs
+    _check(all(isinstance(k, str) for k in kw), "model.kwargs", kw,
+           "must map argument names of timm.create_model to values")
+    _check("num_classes" not in kw, "model.kwargs", kw,
+           "must not set num_classes: the backbone has no classifier, each task adds its own head")
+    _check(kw.get("img_size", cfg.model.img_size) == cfg.model.img_size, "model.kwargs", kw,
+           f"sets img_size {kw.get('img_size')!r} but model.img_size is {cfg.model.img_size} (the "
+           "size images are resized to); set model.img_size instead and drop it from model.kwargs")
     s = cfg.dataset.synthetic
     for key in ("num_classes", "train_per_class", "val_per_class"):
         _check(getattr(s, key) >= 1, f"dataset.synthetic.{key}", getattr(s, key), "must be >= 1")
@@ -427,6 +451,19 @@ def validate(cfg: Config) -> None:
     for key in ("num_classes", "train_per_class", "epochs", "batch_size"):
         _check(getattr(p, key) >= 1, f"demo_pretrain.{key}", getattr(p, key), "must be >= 1")
     _check(p.lr > 0, "demo_pretrain.lr", p.lr, "must be > 0")
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Legal but probably unintended settings (the CLI logs them as warnings)."""
+    out = []
+    t = cfg.train
+    late = [m for m in t.milestones if m > t.epochs]
+    if late:
+        out.append(f"train.milestones {t.milestones}: {', '.join(map(str, late))} "
+                   f"{'lies' if len(late) == 1 else 'lie'} beyond train.epochs = {t.epochs}, so the "
+                   f"learning rate is never multiplied by train.gamma there (milestone m applies "
+                   f"from epoch m on); lower the milestones or raise the epochs")
+    return out
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -13,6 +13,10 @@ class NumericalError(UserError, FloatingPointError):
     """A non-finite loss or statistic: the run stops, its last checkpoint is kept."""
 
 
+class WriteError(UserError, OSError):
+    """A file or folder that cannot be written (full disk, no permission, a file in the way)."""
+
+
 def user_message(exc: BaseException) -> str:
     """The message of ``exc`` without a DataLoader worker's embedded traceback."""
     text = str(exc)

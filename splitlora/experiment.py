@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,12 +19,13 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from datasets import Benchmark, Repeated, build_benchmark, identity_changes, skipping_collate
-from models import ContinualViT, create_backbone, file_sha256
+from models import ContinualViT, check_backbone, create_backbone, file_sha256
 
 from . import engine
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
 from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
+from .errors import WriteError
 from .fileio import atomic_write_text, read_json, write_json_atomic
 from .learner import METHODS, Learner, build_learner, derived_seed
 from .metrics import AccuracyTracker
@@ -41,6 +43,10 @@ def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
         from .config import ConfigError
         raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
                           "use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        from .config import ConfigError
+        raise ConfigError(f"config key 'device' = {name!r}: this machine has "
+                          f"{torch.cuda.device_count()} GPU(s), numbered from 0")
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
     return device
@@ -73,6 +79,7 @@ def check_names(cfg: Config) -> None:
         close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)
         raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
+    check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
 
 
 def build_model(cfg: Config, device: torch.device, progress: bool = True) -> ContinualViT:
@@ -358,10 +365,25 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt. A failed write (a full disk) warns once on stderr, not a traceback per record."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"warning: cannot write {self.baseFilename} ({sys.exc_info()[1]}); "
+                             "log records now go to the console only\n")
+
+
 def attach_log_file(path: Path) -> None:
     """Send logging to ``path`` (appending), starting with the buffered records."""
     root = logging.getLogger()
-    fh = logging.FileHandler(path, mode="a")
+    try:
+        fh = _LogFile(path, mode="a")
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     fh._splitlora = True  # type: ignore[attr-defined]
     for h in list(root.handlers):

@@ -60,7 +60,31 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--data-images", type=int, default=64, help="JPEGs for the pipeline test")
     p.add_argument("--skip-data", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the arguments (None if nothing): counts must be positive, the model a
+    timm ViT the method supports."""
+    for flag in ("batch_size", "steps", "img_size", "rank", "classes", "data_images"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            return f"--{flag.replace('_', '-')} must be >= 1, got {value}"
+    if args.warmup < 0:
+        return f"--warmup must be >= 0, got {args.warmup}"
+    if args.model is not None:
+        from models.backbone import check_backbone
+        from splitlora.errors import UserError
+        try:
+            check_backbone(args.model, args.img_size, key="--model")
+        except UserError as exc:
+            return str(exc)
+    return None
 
 
 def _sync(device: torch.device) -> None:

@@ -116,8 +116,24 @@ def plot_split_dims(plt, runs: list[tuple[str, dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def out_problem(out: Path) -> Optional[str]:
+    """Why ``out`` cannot be the output folder (None if it can)."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    parent = out
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"--out {out} lies under {parent}, which is a file, not a folder"
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    problem = out_problem(Path(args.out))
+    if problem:
+        print(f"error: {problem}; pass a folder for the PNG files", file=sys.stderr)
+        return 2
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -132,10 +148,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_accuracy(plt, runs, out / "accuracy.png")
-    plot_matrices(plt, runs, out / "acc_matrix.png")
-    plot_split_dims(plt, runs, out / "split_dims.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        plot_accuracy(plt, runs, out / "accuracy.png")
+        plot_matrices(plt, runs, out / "acc_matrix.png")
+        plot_split_dims(plt, runs, out / "split_dims.png")
+    except OSError as exc:
+        print(f"error: cannot write into {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     for name in ("accuracy.png", "acc_matrix.png", "split_dims.png"):
         print(out / name)
     return 0

@@ -196,6 +196,20 @@ def _check_listed(ds: Dataset, split: dict[str, list[tuple[str, str, str]]]) -> 
         )
 
 
+def _check_no_empty_class(split: dict[str, list[tuple[str, str, str]]], how: str) -> None:
+    """Every class must have images in both splits (main.py refuses an empty class folder)."""
+    have = {name: {w for w, _, _ in entries} for name, entries in split.items()}
+    for name, other in (("val", "train"), ("train", "val")):
+        lacking = sorted(have[other] - have[name])
+        if lacking:
+            raise PrepError(
+                f"{len(lacking)} class(es) have {other} images but no {name} images in {how} (first 5: "
+                f"{first(lacking)}); every class needs images in both train and val (main.py refuses an "
+                "empty class folder). " + ("Fix the lists." if how.startswith("the lists") else
+                                           "Every class needs at least 2 images.")
+            )
+
+
 def _seeded_split(ds: Dataset, seed: int, val_fraction: float) -> dict[str, list[tuple[str, str, str]]]:
     import numpy as np
 
@@ -246,12 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if listed is not None:
             _check_listed(ds, listed)
+            _check_no_empty_class(listed, f"the lists {args.train_list} and {args.val_list}")
             split = listed
             options: dict[str, object] = {
                 "train_list": os.path.abspath(args.train_list), "val_list": os.path.abspath(args.val_list),
             }
         else:
             split = _seeded_split(ds, args.seed, args.val_fraction)
+            _check_no_empty_class(split, f"the seeded split (--val-fraction {args.val_fraction})")
             options = {"seed": args.seed, "val_fraction": args.val_fraction}
         classes = sorted({w for entries in split.values() for w, _, _ in entries})
         items = [
