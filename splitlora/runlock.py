@@ -50,7 +50,7 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.command = command
-        self.created_dir = False
+        self.created_dirs: list[Path] = []  # made by acquire(), deepest first
         self.created_file = False
         self._fd: Optional[int] = None
         self.previous: dict = {}  # what a dead holder had recorded (taken over)
@@ -65,9 +65,9 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
         try:
-            if not self.run_dir.is_dir():
-                self.run_dir.mkdir(parents=True)
-                self.created_dir = True
+            missing = [p for p in [self.run_dir, *self.run_dir.parents] if not p.exists()]
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.created_dirs = missing
             self.created_file = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -109,19 +109,19 @@ class RunLock:
         self._fd = None
 
     def discard(self) -> None:
-        """Release, then remove the lock file and the run directory if ``acquire()`` created
-        them (the directory only when nothing else is in it)."""
+        """Release, then remove the lock file and the folders if ``acquire()`` created them
+        (a folder only when nothing else is in it)."""
         self.release()
         if self.created_file:
             try:
                 self.path.unlink()
             except OSError:
                 pass
-        if self.created_dir:
+        for folder in self.created_dirs:
             try:
-                self.run_dir.rmdir()  # only succeeds when empty
+                folder.rmdir()  # only succeeds when empty
             except OSError:
-                pass
+                break
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
