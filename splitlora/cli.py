@@ -20,6 +20,7 @@ from .config import (RESUMABLE_KEYS, Config, ConfigError, config_warnings, dump_
                      load_config, to_dict)
 from .errors import UserError, WriteError, user_message
 from .fileio import check_output_dir, read_json
+from .logs import attach_log_file, log_to_file, setup_logging
 
 log = logging.getLogger("splitlora")
 
@@ -127,7 +128,7 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     """The run itself, with the run directory locked (by rank 0). ``session`` receives the
     experiment and whether the run directory was written to."""
     from .checkpoint import CHECKPOINT_NAME
-    from .experiment import Experiment, attach_log_file
+    from .experiment import Experiment
     mode, ckpt, done, changes = inspect_run_dir(out, cfg, args)
     if mode == "complete":
         if main_process:
@@ -160,14 +161,6 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     return 0
 
 
-def log_to_file(message: str) -> None:
-    """Append ``message`` (an error) to the run's log.txt when this session attached it."""
-    record = logging.LogRecord("splitlora", logging.ERROR, __file__, 0, message, None, None)
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.FileHandler):
-            h.handle(record)
-
-
 def checkpoint_note(out: Path, num_tasks: int) -> str:
     """What a failed write leaves behind: the last checkpoint (read back to prove it intact)."""
     from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
@@ -196,7 +189,6 @@ def run_cli(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
         check_output_dir(out)
-        from .experiment import setup_logging
         from .runlock import RunLock
         setup_logging(logging.INFO if main_process else logging.WARNING)
         if main_process:
