@@ -307,4 +307,4 @@ class LinearProbe(Learner):
         return [], list(self.model.heads.heads[task].parameters())
 
 
-from . import learner_inflora  # noqa: E402,F401  (registers method "inflora")  # noqa: F401,E402 (registers the method)
+from . import learner_inflora  # noqa: E402,F401  (registers method "inflora")
