@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .faults import pause_point
 from .fileio import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -39,7 +38,7 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
     remove_stale_temporaries(run_dir)
     buf = io.BytesIO()
     torch.save(dict(state, format_version=FORMAT_VERSION), buf)
-    atomic_write_bytes(path, buf.getvalue(), before_replace=lambda: pause_point("checkpoint_write"))
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .errors import WriteError
-from .faults import write_fault
 
 
 def _umask_mode() -> int:
@@ -26,19 +25,17 @@ def _os_reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
 
 
-def atomic_write_bytes(path: Path, data: bytes, before_replace: Optional[Callable[[], None]] = None,
-                       tmp_prefix: Optional[str] = None) -> None:
+def atomic_write_bytes(path: Path, data: bytes,
+                       before_replace: Optional[Callable[[], None]] = None) -> None:
     """Write ``data`` to ``path`` atomically. A failure to write (full disk, permissions) is a
     :class:`WriteError` naming the file; the previous ``path``, if any, is left as it was."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix or f".{path.name}.", suffix=".tmp",
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            write_fault(path)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600

@@ -143,16 +143,15 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case):
     assert _tree(tmp_path) == before  # nothing written, nothing changed
 
 
-def test_full_disk_names_the_file_keeps_the_checkpoint_and_logs_the_error(tmp_path, monkeypatch):
+def test_full_disk_names_the_file_keeps_the_checkpoint_and_logs_the_error(tmp_path):
     """The second checkpoint write fails as on a full disk: one error line says what failed and
     that the checkpoint of task 1 is intact (and it is: the run resumes from it); the error is
     in log.txt too (item 8), and the milestone beyond the epochs was warned about."""
-    from splitlora import faults
     from splitlora.checkpoint import load_checkpoint
+    from tests.fault_injection import injected
     args = _sets(tiny_overrides(epochs=1) + SYNTH + ["train.milestones=[1, 5]"]) + ["--output", "run"]
-    monkeypatch.setenv("SPLITLORA_FAULT", "enospc:checkpoint.pt:2")
-    faults._visits.clear()
-    proc = main_inprocess(args, tmp_path)
+    with injected("enospc:checkpoint.pt:2"):
+        proc = main_inprocess(args, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr
@@ -165,7 +164,6 @@ def test_full_disk_names_the_file_keeps_the_checkpoint_and_logs_the_error(tmp_pa
     log = (run / "log.txt").read_text()
     assert errors[0] in log.splitlines()[-1]
     assert "train.milestones [1, 5]: 5 lies beyond train.epochs = 1" in log
-    monkeypatch.delenv("SPLITLORA_FAULT")
     proc = main_inprocess(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming" in (run / "log.txt").read_text()

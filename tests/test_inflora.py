@@ -19,6 +19,7 @@ from splitlora.inflora import (REMOVE, RETAIN, design_A, first_basis, old_dims, 
                                threshold_schedule, update_basis)
 from splitlora.learner import build_learner
 from tests.conftest import main_inprocess, tiny_overrides, tiny_vit
+from tests.fault_injection import injected
 
 
 def _orthonormal(d: int, k: int, seed: int) -> np.ndarray:
@@ -253,11 +254,8 @@ def test_inflora_run_resumed_after_a_crash_equals_an_uninterrupted_one(tmp_path)
     dims = reference["split_dims"]
     assert dims[2] is None and all(len(d) == 2 and 1 <= min(d) for d in dims[:2])
     assert all(b >= a for a, b in zip(dims[0], dims[1]))  # the old subspace only grows
-    os.environ["SPLITLORA_FAULT"] = "nan_loss:1"  # task 1 stops; the checkpoint of task 0 stays
-    try:
+    with injected("nan_loss:1"):  # task 1 stops; the checkpoint of task 0 stays
         crashed = main_inprocess(_args("run"), tmp_path)
-    finally:
-        del os.environ["SPLITLORA_FAULT"]
     assert crashed.returncode == 2 and "non-finite training loss" in crashed.stderr
     again = main_inprocess(_args("run"), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

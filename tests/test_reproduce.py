@@ -16,6 +16,7 @@ from PIL import Image
 from splitlora.config import load_config
 from splitlora.results import collect_rows, write_summary
 from tests.conftest import HANG_GUARD_S, REPO, tiny_overrides
+from tests.fault_injection import subprocess_env
 
 SETTINGS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
 
@@ -303,8 +304,8 @@ def _stop_mid_run(work: Path, sig: int, pause: str) -> tuple[subprocess.Complete
                              "--only", "imagenet_r_5", "--gpus", "cpu", "--output", "results",
                              *_tiny_sets()], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore",
-                                     SPLITLORA_FAULT=f"pause:{pause}"),
+                            env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                 **subprocess_env(f"pause:{pause}")},
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # (SIGINT as in a terminal, even when the tests run as a background job, which ignores it)
     children: list[int] = []

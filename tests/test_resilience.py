@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from tests.fault_injection import injected, subprocess_env
 from tests.conftest import HANG_GUARD_S, REPO, TINY_VIT, main_inprocess, run_main, tiny_overrides
 
 SYNTH = ["dataset.name=synthetic", "dataset.num_tasks=3",
@@ -28,7 +29,7 @@ def _args(extra: list[str] = (), epochs: int = 3) -> list[str]:
 def _popen(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "main.py"), "--no-progress", *args], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})))
+                            env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
 
 
 def _kill_when(proc: subprocess.Popen, marker: str, timeout: float = HANG_GUARD_S) -> list[str]:
@@ -72,7 +73,7 @@ def test_sigkill_mid_task_then_resume_equals_uninterrupted(tmp_path, reference):
 
 def test_sigkill_during_checkpoint_write_keeps_the_old_checkpoint(tmp_path, reference):
     proc = _popen(_args() + ["--output", "run"], tmp_path,
-                  env={"SPLITLORA_FAULT": "pause:checkpoint_write:2"})  # the write after task 1
+                  env=subprocess_env("pause:checkpoint_write:2"))  # the write after task 1
     _kill_when(proc, "SPLITLORA-FAULT-PAUSE checkpoint_write")
     run = tmp_path / "run"
     assert list(run.glob(".checkpoint.pt.*.tmp")), "the torn temporary file should be left"
@@ -85,11 +86,8 @@ def test_sigkill_during_checkpoint_write_keeps_the_old_checkpoint(tmp_path, refe
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, reference):
-    os.environ["SPLITLORA_FAULT"] = "nan_loss:1"
-    try:
+    with injected("nan_loss:1"):
         proc = main_inprocess(_args() + ["--output", "run"], tmp_path)
-    finally:
-        del os.environ["SPLITLORA_FAULT"]
     assert proc.returncode == 2
     assert "non-finite training loss" in proc.stderr and "task 1, epoch 1, step 0" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -216,11 +214,8 @@ def _prepare_case(case: str, tmp: Path) -> tuple[list[str], list[str], Path]:
                                   kwargs=TINY_VIT).state_dict(), str(weights))
         extra = [f"model.pretrained_file={weights}"]
     args = _folder_args(data, extra) + out
-    os.environ["SPLITLORA_FAULT"] = "nan_loss:1"  # stop during task 1, after checkpointing task 0
-    try:
+    with injected("nan_loss:1"):  # stop during task 1, after checkpointing task 0
         assert main_inprocess(args, tmp).returncode == 2
-    finally:
-        del os.environ["SPLITLORA_FAULT"]
     ckpt = run / "checkpoint.pt"
     assert ckpt.is_file()
     if case == "truncated_checkpoint":
