@@ -159,6 +159,11 @@ class TaskImageCache:
         self._key: Optional[tuple] = None
         self._images: Optional[ImageSet] = None
 
+    @property
+    def current(self) -> Optional[ImageSet]:
+        """The image set of the last :meth:`for_classes` call (None after :meth:`release`)."""
+        return self._images
+
     def release(self) -> None:
         self._key, self._images = None, None
 

@@ -59,6 +59,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help="timm model (default: vit_base_patch16_224 on CUDA, a 6-block 192-wide "
                         "ViT on CPU)")
+    p.add_argument("--model-kwargs", default=None,
+                   help='JSON of extra timm.create_model arguments, e.g. \'{"depth": 2}\'')
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 32 on CPU")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -240,6 +242,8 @@ def print_data_section(data: dict) -> None:
 def build_models(args: argparse.Namespace, device: torch.device):
     name = args.model or ("vit_base_patch16_224" if device.type == "cuda" else "vit_small_patch16_224")
     kwargs = {} if (args.model or device.type == "cuda") else dict(SMALL_VIT)
+    if args.model_kwargs:
+        kwargs.update(json.loads(args.model_kwargs))
     torch.manual_seed(0)
     plain = timm.create_model(name, pretrained=False, num_classes=0, img_size=args.img_size, **kwargs)
     torch.manual_seed(0)
@@ -304,9 +308,9 @@ def model_section(args: argparse.Namespace, device: torch.device) -> dict:
                               weight_decay=5e-5)
     forward = torch.compile(model) if args.compile else model
 
-    def step_b():
+    def step_b(net=None):
         with autocast():
-            logits = forward(x, 0)
+            logits = (net or forward)(x, 0)
         loss = F.cross_entropy(logits.float() / 30.0, y)
         opt_b.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -341,7 +345,7 @@ def model_section(args: argparse.Namespace, device: torch.device) -> dict:
         flops["c"] = flops["d"]
         for a in model.adapters:
             a.set_adapter(a.lora_A.detach().clone())
-        flops["b"] = count_flops(step_b)
+        flops["b"] = count_flops(lambda: step_b(model))  # eager: the same FLOPs, no recompile
     peak = bf16_matmul_rate(device) if device.type == "cuda" else None
     out = {"model": name, "model_kwargs": kwargs, "img_size": args.img_size, "batch_size": bs,
            "amp": amp, "compile": bool(args.compile), "steps": steps,
