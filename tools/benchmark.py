@@ -12,7 +12,8 @@
 (d) the evaluation forward (no grad, adapters merged);
 (e) the data pipeline, per worker (one thread), on generated image files of real sizes
     (500x375 JPEG as ImageNet-R / DomainNet, 64x64 JPEG and PNG, 32x32 PNG as CIFAR-100),
-    three paths timed alternately through the project's own dataset classes and transforms:
+    three paths timed alternately through the project's own dataset classes and transforms
+    (each round seeds the three alike, so they draw the same augmentations):
       old:    decode from disk, AutoAugment, RandomResizedCrop, ToTensor, Normalize (float32),
               collate a float batch (the pipeline before the decode cache);
       uint8:  decode from disk, the same augmentation, uint8 output, collate a uint8 batch
@@ -74,7 +75,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
     p.add_argument("--data-images", type=int, default=64,
                    help="images per size for the pipeline test (e)")
-    p.add_argument("--data-steps", type=int, default=5, help="timed rounds of (e)")
+    p.add_argument("--data-steps", type=int, default=7, help="timed rounds of (e)")
     p.add_argument("--data-sizes", default="500x375.jpg,64x64.jpg,64x64.png,32x32.png",
                    help="image files of (e): WxH.ext, comma-separated")
     p.add_argument("--skip-data", action="store_true", help="skip (e)")
@@ -196,12 +197,16 @@ def data_section(args: argparse.Namespace, device: torch.device) -> dict:
                          "uint8": TaskDataset(files, [0], 0, new_tf),
                          "cached": TaskDataset(cached, [0], 0, new_tf)}
                 batches = {}
+                calls = {k: 0 for k in paths}
 
-                def run(name: str, ds=None):
+                def run(name: str):
+                    # the same seed for the three paths in each round: the same AutoAugment
+                    # ops and crops, so only decoding and normalisation differ between them
+                    torch.manual_seed(calls[name])
+                    calls[name] += 1
                     ds = paths[name]
                     batches[name] = default_collate([ds[i] for i in range(len(ds))])
 
-                torch.manual_seed(0)
                 sec = timed_alternating([lambda k=k: run(k) for k in paths], torch.device("cpu"),
                                         args.data_steps, warmup=1)
                 rates = {k: len(files) / t for k, t in zip(paths, sec)}
