@@ -195,8 +195,10 @@ class TaskImageCache:
                         budget / 2**30)
             images = base
         else:
-            log.info("decoded %d %s images once into memory: %.2f GiB in %.1f s%s", len(indices),
-                     base.split, images.nbytes / 2**30, time.perf_counter() - t0,
+            size = images.nbytes / 2**20
+            log.info("decoded %d %s images once into memory: %s in %.1f s%s", len(indices),
+                     base.split, f"{size / 1024:.2f} GiB" if size >= 1024 else f"{size:.1f} MiB",
+                     time.perf_counter() - t0,
                      f" ({len(images.errors)} unreadable)" if images.errors else "")
         self._key, self._images = key, images
         return images

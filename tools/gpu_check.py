@@ -68,9 +68,15 @@ class Context:
     workdir: Path
     budget: float  # seconds this part may take
     in_process: bool = False  # --in-process: scripts that can run in this process do
+    ends_at: float = 0.0  # time.time() by which the part must be done (0: now + budget)
 
-    def deadline(self, started: float, margin: float = 5.0) -> float:
-        return max(1.0, self.budget - (time.time() - started) - margin)
+    def __post_init__(self) -> None:
+        if not self.ends_at:
+            self.ends_at = time.time() + self.budget
+
+    def remaining(self, margin: float = 5.0) -> float:
+        """Seconds left for a command this part starts, keeping ``margin`` to report."""
+        return max(1.0, self.ends_at - time.time() - margin)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -344,11 +350,10 @@ def nccl_worker(out_path: str, dry: bool) -> int:
 
 
 def part_nccl(ctx: Context) -> dict:
-    started = time.time()
     out_file = ctx.workdir / "nccl.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
            str(Path(__file__).resolve()), "--nccl-worker", str(out_file)] + (["--dry"] if ctx.dry else [])
-    proc = _run(cmd, ctx.deadline(started))
+    proc = _run(cmd, ctx.remaining())
     if proc.returncode != 0 or not out_file.exists():
         raise RuntimeError(f"torchrun exited with {proc.returncode}: {_tail(proc.stderr)}")
     result = json.loads(out_file.read_text())
@@ -359,7 +364,6 @@ def part_nccl(ctx: Context) -> dict:
 
 def _bench_part(amp: str, compile_: bool) -> Callable[[Context], dict]:
     def run(ctx: Context) -> dict:
-        started = time.time()
         out_file = ctx.workdir / f"bench_{amp}_{int(compile_)}.json"
         if ctx.dry:  # the same script at tiny scale on the CPU (compilation disabled)
             args = ["--device", "cpu", "--img-size", "32", "--batch-size", "2", "--steps", "1",
@@ -385,7 +389,7 @@ def _bench_part(amp: str, compile_: bool) -> Callable[[Context], dict]:
         else:
             env = dict(_python_env(), **({"TORCH_COMPILE_DISABLE": "1"} if ctx.dry else {}))
             proc = _run([sys.executable, str(REPO / "tools" / "benchmark.py"), *args],
-                        ctx.deadline(started), env=env)
+                        ctx.remaining(), env=env)
             if proc.returncode != 0 or not out_file.exists():
                 raise RuntimeError(f"benchmark.py exited with {proc.returncode}: "
                                    f"{_tail(proc.stderr)}")
@@ -458,7 +462,6 @@ _EPOCH_LINE = re.compile(r"task (\d+) epoch (\d+)/(\d+): .*\((\d+) images, ([\d.
 
 def part_main_run(ctx: Context) -> dict:
     """configs/imagenet_r_10.yaml through main.py on generated folders, stopped after 2 tasks."""
-    started = time.time()
     threads = _cpus()
     if ctx.dry:
         root = _make_layout(ctx.workdir / "imagenet_r", 200, 1, 1, (32, 32), "JPEG", threads)
@@ -479,7 +482,7 @@ def part_main_run(ctx: Context) -> dict:
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT,
                             text=True, env=_python_env(), start_new_session=True)
     stopped, tasks_done = False, 0
-    limit = ctx.deadline(started)
+    limit = ctx.remaining()
     t0 = time.time()
     try:
         while proc.poll() is None:
@@ -632,6 +635,7 @@ def run_part(part: Part, ctx: Context, in_process: bool) -> dict:
             out_file = ctx.workdir / f"part_{part.name}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part.name,
                    "--part-out", str(out_file), "--part-budget", str(ctx.budget),
+                   "--part-ends-at", str(ctx.ends_at),
                    "--workdir", str(ctx.workdir)] + (["--dry"] if ctx.dry else [])
             proc = _run(cmd, ctx.budget)
             if not out_file.exists():
@@ -720,6 +724,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part-budget", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--part-ends-at", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--nccl-worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -737,7 +742,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return nccl_worker(args.nccl_worker, args.dry)
     if args.part:  # child process of one part
         part = {p.name: p for p in PARTS}[args.part]
-        ctx = Context(args.dry, _device(args.dry), Path(args.workdir), args.part_budget or part.budget)
+        ctx = Context(args.dry, _device(args.dry), Path(args.workdir),
+                      args.part_budget or part.budget, ends_at=args.part_ends_at)
         try:
             _fail_injected(part.name)
             result = part.run(ctx)
