@@ -55,9 +55,10 @@ class _EpochsBatchSampler(Sampler[list]):
         self.sampler = sampler
         self.batches = BatchSampler(sampler, batch_size, drop_last)
         self.epochs = epochs
+        self.first_epoch = 0  # epoch number of the next iteration's first epoch
 
     def __iter__(self) -> Iterator[list]:
-        for epoch in range(self.epochs):
+        for epoch in range(self.first_epoch, self.first_epoch + self.epochs):
             if hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(epoch)
             yield from self.batches
@@ -70,9 +71,11 @@ class EpochStream:
     """``epochs`` epochs of a dataset read through one multi-worker DataLoader iteration.
 
     Each ``iter()`` yields the next epoch's batches (``len()`` of them); an epoch left
-    unfinished is skipped to its end first, so epochs never mix. Shuffling: ``sampler`` if
-    given (e.g. a DistributedSampler), else a RandomSampler drawing from ``seed``.
-    ``sampler`` is hidden (None) from callers: this class calls ``set_epoch`` itself.
+    unfinished is skipped to its end first, so epochs never mix. Reading more than ``epochs``
+    epochs works too: a new iteration of ``epochs`` more starts (with a pipeline restart).
+    Shuffling: ``sampler`` if given (e.g. a DistributedSampler), else a RandomSampler drawing
+    from ``seed``. ``sampler`` is hidden (None) from callers: this class calls ``set_epoch``
+    itself, with the running epoch number.
     """
 
     sampler = None
@@ -96,12 +99,12 @@ class EpochStream:
         return self.per_epoch
 
     def __iter__(self) -> Iterator:
-        if self._served >= self.epochs:
-            raise RuntimeError(f"EpochStream: all {self.epochs} epochs were already read")
-        if self._it is None:
+        if self._it is not None:
+            for _ in range(self._left):  # an unfinished epoch: skip its rest
+                next(self._it)
+        if self._it is None or self._served % self.epochs == 0:
+            self.batch_sampler.first_epoch = self._served
             self._it = iter(self.loader)
-        for _ in range(self._left):  # an unfinished epoch: skip its rest
-            next(self._it)
         self._served += 1
         self._left = self.per_epoch
         return self._epoch()
@@ -111,8 +114,8 @@ class EpochStream:
             batch = next(self._it)
             self._left -= 1
             yield batch
-        if self._served == self.epochs:
-            self._it = None  # the last epoch is done: let the workers go
+        if self._served % self.epochs == 0:
+            self._it = None  # this iteration's last epoch is done: let the workers go
 
 
 class DeviceBatches:

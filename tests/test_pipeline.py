@@ -175,8 +175,7 @@ def test_epoch_stream_serves_whole_shuffled_epochs_whatever_the_workers():
     orders = _epochs(stream)
     assert all(sorted(o) == list(range(10)) for o in orders)  # each epoch: every sample once
     assert orders[0] != orders[1] != orders[2]
-    with pytest.raises(RuntimeError):
-        iter(stream)
+    assert sorted(_epochs(stream)[0]) == list(range(10))  # more epochs than planned still work
     # the order is the seed's, with or without a worker process
     assert _epochs(loading.EpochStream(ds, 4, 1, 3, torch.device("cpu"), seed=1)) == orders
     assert _epochs(loading.EpochStream(ds, 4, 0, 3, torch.device("cpu"), seed=2)) != orders
@@ -196,6 +195,8 @@ def test_epoch_stream_sets_the_distributed_epoch_and_skips_an_unfinished_epoch()
     assert next(it)[0].tolist() == orders[0][:2]  # leave epoch 0 after one batch
     assert torch.cat([x for x, _ in stream]).tolist() == orders[1]
     assert torch.cat([x for x, _ in stream]).tolist() == orders[2]
+    ref.set_epoch(3)  # a fourth epoch: the epoch number runs on
+    assert torch.cat([x for x, _ in stream]).tolist() == list(ref)
 
 
 def _folder(root: Path, bad_train: bool = False) -> Path:
