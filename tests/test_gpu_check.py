@@ -58,6 +58,9 @@ def test_projection_is_the_published_work_at_the_measured_rates(dry):
     cifar = r["projection"]["cifar100_10"]
     assert (cifar["train_samples"], cifar["cov_samples"], cifar["eval_samples"]) == (5_000_000, 450_000, 55_000)
     assert r["projection"]["domainnet_5"]["cov_samples"] == 380_256
+    loader = r["data"]["500x375.jpg"]["cache_on"]["train_img_per_s"]
+    assert r["bound"]["500x375.jpg"]["bound"] == ("data" if loader < r["bench_fp16"]["img_per_s"]["b"]
+                                                 else "GPU")
 
 
 def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypatch):

@@ -400,18 +400,21 @@ def _bench_part(amp: str, compile_: bool) -> Callable[[Context], dict]:
     return run
 
 
-def _loader_rate(exp, loader, epochs: int, device: str) -> tuple[float, int, float]:
-    """(images/s over all epochs, images, seconds to the first batch) of a loader."""
-    n, first = 0, None
+def _loader_rate(loader, epochs: int, device: str) -> dict:
+    """Images/s of a loader over ``epochs`` epochs (start-up included), the seconds to its
+    first batch and the images/s after it (steady state)."""
+    n, first, first_n = 0, None, 0
     t0 = time.perf_counter()
     for _ in range(epochs):
         for images, _ in loader:
+            n += images.shape[0]
             if first is None:
                 _sync(device)
-                first = time.perf_counter() - t0
-            n += images.shape[0]
+                first, first_n = time.perf_counter() - t0, n
     _sync(device)
-    return n / (time.perf_counter() - t0), n, first or 0.0
+    total = time.perf_counter() - t0
+    return {"img_per_s": n / total, "images": n, "first_batch_s": first or 0.0,
+            "steady_img_per_s": (n - first_n) / max(total - (first or 0.0), 1e-9)}
 
 
 def part_data(ctx: Context) -> dict:
@@ -423,7 +426,7 @@ def part_data(ctx: Context) -> dict:
     if ctx.dry:
         classes, train, val, img, batch, expand, epochs, workers = 2, 4, 2, 32, 4, 2, 2, "1"
     else:
-        classes, train, val, img, batch, expand, epochs, workers = 10, 60, 30, 224, 256, 10, 2, "auto"
+        classes, train, val, img, batch, expand, epochs, workers = 10, 60, 30, 224, 256, 10, 3, "auto"
     out: dict = {"workers": None, "img_size": img, "batch_size": batch}
     for spec, size, fmt in sizes:
         root = _make_layout(ctx.workdir / f"data_{spec}", classes, train, val, size, fmt, threads)
@@ -441,15 +444,16 @@ def part_data(ctx: Context) -> dict:
             t0 = time.perf_counter()
             loader = exp.train_loader(0)
             build = time.perf_counter() - t0
-            rate, n, first = _loader_rate(exp, loader, epochs, ctx.device)
-            row = {"train_img_per_s": rate, "train_images": n, "first_batch_s": first,
-                   "cache_build_s": build}
+            r = _loader_rate(loader, epochs, ctx.device)
+            row = {"train_img_per_s": r["img_per_s"], "train_images": r["images"],
+                   "train_steady_img_per_s": r["steady_img_per_s"],
+                   "first_batch_s": r["first_batch_s"], "loader_build_s": build}
             if cache:
                 cached = exp.image_cache.current
                 row["cache_bytes"] = getattr(cached, "nbytes", 0)
                 row["cache_decode_img_per_s"] = classes * train / max(build, 1e-9)
-                erate, en, _ = _loader_rate(exp, exp.val_loader(0), 1, ctx.device)
-                row.update(eval_img_per_s=erate, eval_images=en)
+                e = _loader_rate(exp.val_loader(0), 1, ctx.device)
+                row.update(eval_img_per_s=e["img_per_s"], eval_images=e["images"])
             rows["cache_on" if cache else "cache_off"] = row
             del loader, exp
         rows["cache_speedup"] = rows["cache_on"]["train_img_per_s"] / rows["cache_off"]["train_img_per_s"]
@@ -617,6 +621,20 @@ def projections(results: dict) -> dict:
     return out
 
 
+def boundness(results: dict) -> dict:
+    """Is training data- or GPU-bound? The training loader's rate (500x375 JPEG, 32x32 PNG,
+    cache on) against the GPU's training step (fp16, not compiled), and the 2-task run's
+    end-to-end training rate against both."""
+    gpu = _get(results, "bench_fp16", "img_per_s", "b")
+    out = {"gpu_train_img_per_s": gpu,
+           "main_run_train_img_per_s": _get(results, "main_run", "train_img_per_s")}
+    for spec in ("500x375.jpg", "32x32.png"):
+        data = _get(results, "data", spec, "cache_on", "train_img_per_s")
+        out[spec] = {"loader_img_per_s": data,
+                     "bound": None if not (gpu and data) else ("data" if data < gpu else "GPU")}
+    return out
+
+
 # --------------------------------------------------------------------------- runner
 
 def _fail_injected(name: str) -> None:
@@ -692,6 +710,19 @@ def summary_lines(results: dict) -> list[str]:
         else:
             detail = "ok: " + ", ".join(k for k, v in r.items() if isinstance(v, dict) and v.get("ok"))
         lines.append(f"{head}  {detail}")
+    bound = results.get("bound")
+    if bound:
+        gpu = bound["gpu_train_img_per_s"]
+        for spec in ("500x375.jpg", "32x32.png"):
+            b = bound[spec]
+            if b["bound"]:
+                lines.append(f"training on {spec}: {b['bound']}-bound (loader "
+                             f"{b['loader_img_per_s']:.0f} img/s, GPU step {gpu:.0f} img/s)")
+            else:
+                lines.append(f"training on {spec}: bound not known (a rate was not measured)")
+        if bound["main_run_train_img_per_s"]:
+            lines.append(f"2-task imagenet_r_10 run (224-px JPEGs): "
+                         f"{bound['main_run_train_img_per_s']:.0f} img/s end to end")
     proj = results.get("projection", {})
     if proj:
         lines.append("projected wall time per run (default settings: fp16, not compiled, "
@@ -783,6 +814,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 results[part.name] = run_part(part, ctx, args.in_process)
             print("    " + summary_lines({part.name: results[part.name]})[0], flush=True)
             out_path.write_text(json.dumps(results, indent=1, default=str))
+        results["bound"] = boundness(results)
         results["projection"] = projections(results)
         results["total_seconds"] = time.time() - started
         out_path.write_text(json.dumps(results, indent=1, default=str))
