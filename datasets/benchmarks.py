@@ -13,13 +13,19 @@ from typing import Callable, Optional, Sequence
 from . import transforms as tf
 from .folder import (IMAGE_EXTENSIONS, DataError, FolderImageSet, ImageSet, TaskDataset,
                      list_class_dirs, list_images)
+from .normalize import Uint8Normalize
 from .synthetic import SyntheticImageSet
 from .tasks import class_order, split_tasks
 
 
 @dataclass
 class Benchmark:
-    """The two splits of a benchmark, its class names (index = class id) and transforms."""
+    """The two splits of a benchmark, its class names (index = class id) and transforms.
+
+    ``train_transform`` / ``eval_transform`` give normalised float tensors. A benchmark may
+    also give ``*_uint8`` variants that stop before ToTensor + Normalize, with ``normalize``
+    doing that step on a whole uint8 batch on the device (bitwise the same result).
+    """
 
     name: str
     classes: list[str]
@@ -27,6 +33,9 @@ class Benchmark:
     val: ImageSet
     train_transform: Callable
     eval_transform: Callable
+    train_transform_uint8: Optional[Callable] = None
+    eval_transform_uint8: Optional[Callable] = None
+    normalize: Optional[Callable] = None  # uint8 batch -> float batch (Uint8Normalize)
 
     @property
     def num_classes(self) -> int:
@@ -49,11 +58,22 @@ class Benchmark:
             out["files_sha256"][split] = hashlib.sha256("\n".join(keys).encode()).hexdigest()
         return out
 
+    def transform(self, kind: str, uint8: bool = False) -> Callable:
+        """The ``kind`` ('train' or 'eval') transform; with ``uint8`` the variant whose
+        normalisation is left to :attr:`normalize` (when the benchmark has one)."""
+        if uint8 and self.normalize is not None:
+            return self.train_transform_uint8 if kind == "train" else self.eval_transform_uint8
+        return self.train_transform if kind == "train" else self.eval_transform
+
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
-                     transform: Optional[Callable] = None, skip_bad: bool = False) -> TaskDataset:
-        images = self.train if split == "train" else self.val
+                     transform: Optional[Callable] = None, skip_bad: bool = False,
+                     uint8: bool = False, images: Optional[ImageSet] = None) -> TaskDataset:
+        """The samples of ``classes`` of ``split``, read from ``images`` when given (e.g. a
+        decoded cache of the split's images), else from the split itself."""
+        if images is None:
+            images = self.train if split == "train" else self.val
         if transform is None:
-            transform = self.train_transform if split == "train" else self.eval_transform
+            transform = self.transform("train" if split == "train" else "eval", uint8)
         return TaskDataset(images, classes, label_offset, transform, skip_bad)
 
 
@@ -201,6 +221,9 @@ def _folder_builder(policy: str, interp: str, eval_mode: str, expected: Optional
             val=FolderImageSet(root / "val", classes, "val"),
             train_transform=tf.train_transform(img_size, policy, interp, mean, std),
             eval_transform=tf.eval_transform(img_size, mode, interp, mean, std),
+            train_transform_uint8=tf.train_transform(img_size, policy, interp, mean, std, "uint8"),
+            eval_transform_uint8=tf.eval_transform(img_size, mode, interp, mean, std, "uint8"),
+            normalize=Uint8Normalize(mean, std),
         )
     return build
 
@@ -224,6 +247,9 @@ def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
                               s.class_offset, "val"),
         train_transform=tf.tensor_train_transform(img_size, mean, std),
         eval_transform=tf.tensor_eval_transform(img_size, mean, std),
+        train_transform_uint8=tf.tensor_train_transform(img_size, mean, std, "uint8"),
+        eval_transform_uint8=tf.tensor_eval_transform(img_size, mean, std, "uint8"),
+        normalize=Uint8Normalize(mean, std),
     )
 
 

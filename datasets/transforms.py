@@ -1,4 +1,10 @@
-"""Image transforms of the protocol (docs/protocol.md), parametrised by image size."""
+"""Image transforms of the protocol (docs/protocol.md), parametrised by image size.
+
+Each transform ends either in ``output="float"``: ToTensor + Normalize (float32, what the
+model reads), or in ``output="uint8"``: the same pixels as a uint8 (C, H, W) tensor, to be
+normalised on the device by :class:`datasets.normalize.Uint8Normalize`, which gives
+bitwise the float result.
+"""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -11,22 +17,41 @@ _INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.
 _POLICY = {"imagenet": T.AutoAugmentPolicy.IMAGENET, "cifar10": T.AutoAugmentPolicy.CIFAR10}
 
 
+OUTPUTS = ("float", "uint8")
+
+
+def _pil_tail(output: str, mean: Sequence[float], std: Sequence[float]) -> list:
+    """The last steps of a PIL transform: float (ToTensor, Normalize) or uint8 (PILToTensor)."""
+    if output == "float":
+        return [T.ToTensor(), T.Normalize(mean, std)]
+    if output == "uint8":
+        return [T.PILToTensor()]
+    raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
+
+
+def _tensor_tail(output: str, mean: Sequence[float], std: Sequence[float]) -> list:
+    """The last steps of a uint8-tensor transform: float (convert, Normalize) or uint8 (none)."""
+    if output == "float":
+        return [T.ConvertImageDtype(torch.float32), T.Normalize(mean, std)]
+    if output == "uint8":
+        return []
+    raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
+
+
 def train_transform(img_size: int, policy: str, crop_interpolation: str,
-                    mean: Sequence[float], std: Sequence[float]) -> Callable:
+                    mean: Sequence[float], std: Sequence[float], output: str = "float") -> Callable:
     """AutoAugment (bilinear) -> RandomResizedCrop (antialiased) -> tensor -> normalise."""
     return T.Compose([
         T.AutoAugment(_POLICY[policy], interpolation=InterpolationMode.BILINEAR),
         T.RandomResizedCrop(img_size, interpolation=_INTERP[crop_interpolation], antialias=True),
-        T.ToTensor(),
-        T.Normalize(mean, std),
-    ])
+    ] + _pil_tail(output, mean, std))
 
 
 EVAL_MODES = ("squash_crop", "shorter_side_crop", "resize")
 
 
 def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[float],
-                   std: Sequence[float]) -> Callable:
+                   std: Sequence[float], output: str = "float") -> Callable:
     """The evaluation transform, antialiased, with the benchmark's ``interpolation``.
 
     ``squash_crop`` (official for ImageNet-R and DomainNet): both sides to
@@ -46,22 +71,19 @@ def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[
         ops = [T.Resize(outer, interpolation=interp, antialias=True), T.CenterCrop(img_size)]
     else:
         raise ValueError(f"unknown eval transform mode {mode!r}; known: {', '.join(EVAL_MODES)}")
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose(ops + _pil_tail(output, mean, std))
 
 
-def tensor_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
+def tensor_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
+                           output: str = "float") -> Callable:
     """Light augmentation for uint8 image tensors (the synthetic benchmark)."""
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=(0.7, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
-        T.ConvertImageDtype(torch.float32),
-        T.Normalize(mean, std),
-    ])
+    ] + _tensor_tail(output, mean, std))
 
 
-def tensor_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable:
-    return T.Compose([
-        T.Resize((img_size, img_size), antialias=True),
-        T.ConvertImageDtype(torch.float32),
-        T.Normalize(mean, std),
-    ])
+def tensor_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
+                          output: str = "float") -> Callable:
+    return T.Compose([T.Resize((img_size, img_size), antialias=True)]
+                     + _tensor_tail(output, mean, std))

@@ -93,7 +93,9 @@ class TrainConfig:
     expand_times: int = 10  # the task's training set is repeated this many times per epoch
     temperature: float = 30.0  # cross-entropy on logits / temperature
     amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
-    num_workers: int = 8
+    # data-loading worker processes; auto = the CPUs this process may use (shared by the
+    # torchrun processes of this machine) minus one
+    num_workers: Union[int, str] = "auto"
     tf32: bool = True  # allow TF32 matmuls on CUDA (the official code sets precision 'high')
     compile: bool = False  # torch.compile the training forward (falls back to eager on failure)
     max_bad_steps: int = 20  # fp16: consecutive non-finite losses tolerated (skipped) before stopping
@@ -102,7 +104,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     batch_size: int = 100
-    num_workers: int = 2
+    num_workers: Union[int, str] = "auto"  # as train.num_workers
 
 
 @dataclass
@@ -125,6 +127,9 @@ class DatasetConfig:
     shuffle_classes: bool = True  # class order: sorted ids permuted by numpy PCG64(seed)
     class_order_seed: Optional[int] = None  # None: the run seed
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
+    # decode each task's training images once into memory (uint8; the same pixels every read):
+    # auto = unless they would take more than half the available memory | true | false
+    cache: Union[bool, str] = "auto"
     # official: the benchmark's own (squash_crop for imagenet_r, domainnet, folder; resize for
     # cifar100) | squash_crop | shorter_side_crop (aspect kept, not official) | resize
     eval_transform: str = "official"
@@ -175,7 +180,8 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
+        optional = type(None) in typing.get_args(tp)
+        return " or ".join(_type_name(a) for a in args) + (" or null" if optional else "")
     return getattr(tp, "__name__", str(tp))
 
 
@@ -187,7 +193,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
+        for member in inner:
+            try:
+                return _coerce(value, member, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} "
+                          f"({type(value).__name__})")
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -370,6 +382,7 @@ _CHOICES = {
     "model.head_init": ("official", "fresh"),
     "method.a_norm": ("decay", "constant"),
     "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
+    "dataset.cache": ("auto", True, False),
 }
 
 
@@ -390,11 +403,13 @@ def validate(cfg: Config) -> None:
         "split.cov_dtype": cfg.split.cov_dtype,
         "train.amp": cfg.train.amp,
         "dataset.eval_transform": cfg.dataset.eval_transform,
+        "dataset.cache": cfg.dataset.cache,
         "model.head_init": cfg.model.head_init,
         "method.a_norm": cfg.method.a_norm,
     }
     for key, value in flat.items():
-        _check(value in _CHOICES[key], key, value, f"must be one of {', '.join(_CHOICES[key])}")
+        _check(value in _CHOICES[key], key, value, "must be one of "
+               + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in _CHOICES[key]))
     _check(cfg.lora.rank >= 1, "lora.rank", cfg.lora.rank, "must be >= 1")
     targets = cfg.lora.targets
     _check(len(targets) >= 1 and all(t in ("q", "k", "v") for t in targets)
@@ -422,9 +437,11 @@ def validate(cfg: Config) -> None:
     _check(t.expand_times >= 1, "train.expand_times", t.expand_times, "must be >= 1")
     _check(t.temperature > 0, "train.temperature", t.temperature, "must be > 0")
     _check(t.max_bad_steps >= 0, "train.max_bad_steps", t.max_bad_steps, "must be >= 0")
-    _check(t.num_workers >= 0, "train.num_workers", t.num_workers, "must be >= 0")
+    for key, value in (("train.num_workers", t.num_workers),
+                       ("eval.num_workers", cfg.eval.num_workers)):
+        _check(value == "auto" or (isinstance(value, int) and value >= 0), key, value,
+               "must be auto or an integer >= 0")
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
-    _check(cfg.eval.num_workers >= 0, "eval.num_workers", cfg.eval.num_workers, "must be >= 0")
     _check(cfg.dataset.num_tasks >= 1, "dataset.num_tasks", cfg.dataset.num_tasks, "must be >= 1")
     _check(cfg.model.img_size >= 8, "model.img_size", cfg.model.img_size, "must be >= 8")
     _check(_DEVICE.fullmatch(cfg.device) is not None, "device", cfg.device,

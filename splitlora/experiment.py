@@ -17,9 +17,10 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from datasets import Benchmark, Repeated, build_benchmark, identity_changes, skipping_collate
+from datasets.cache import TaskImageCache
 from models import ContinualViT, check_backbone, create_backbone, file_sha256
 
-from . import engine
+from . import engine, loading
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
 from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
@@ -138,6 +139,12 @@ class Experiment:
         self.data_identity = self.bench.identity(self.tasks)
         self.session_changes: list[str] = []  # resumable keys changed since the last session
         self.tracker = AccuracyTracker(len(self.tasks))
+        self.workers = {"train": loading.resolve_workers(cfg.train.num_workers),
+                        "eval": loading.resolve_workers(cfg.eval.num_workers)}
+        self.image_cache = TaskImageCache(cfg.dataset.cache, loading.usable_cpus(),
+                                          loading.processes_on_this_machine())
+        log.info("data loading: %d train / %d eval workers, decode cache %s", self.workers["train"],
+                 self.workers["eval"], cfg.dataset.cache)
         self.bad_images: set[str] = set()
         self.model: Optional[ContinualViT] = None
         self.learner: Optional[Learner] = None
@@ -153,6 +160,10 @@ class Experiment:
         self.env = environment(self.device)
         self.env["world_size"] = self.dist.world_size
         self.env["weights"] = weights_info(self.cfg, self.model.backbone)
+        self.env["data_loading"] = {"train_workers": self.workers["train"],
+                                    "eval_workers": self.workers["eval"],
+                                    "cache": self.cfg.dataset.cache,
+                                    "normalize_on_device": self.bench.normalize is not None}
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -216,12 +227,21 @@ class Experiment:
 
     # ----------------------------------------------------------------- data
     def _loader(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
-                sampler=None):
+                sampler=None, epochs: int = 1):
+        """Batches of ``ds`` on the device, normalised there (uint8 transforms); with workers
+        and several epochs, one :class:`loading.EpochStream` serves them all."""
         skip = self.cfg.dataset.skip_bad_images
-        loader = engine.make_loader(ds, batch_size, shuffle=shuffle, num_workers=workers,
-                                    device=self.device, seed=seed, sampler=sampler,
-                                    collate_fn=skipping_collate if skip else None)
-        return engine.SkipBadImages(loader, self.bad_images) if skip else loader
+        collate = skipping_collate if skip else None
+        if workers > 0 and epochs > 1 and shuffle:
+            loader = loading.EpochStream(ds, batch_size, workers, epochs, self.device, seed,
+                                         sampler, collate_fn=collate)
+        else:
+            loader = engine.make_loader(ds, batch_size, shuffle=shuffle, num_workers=workers,
+                                        device=self.device, seed=seed, sampler=sampler,
+                                        collate_fn=collate)
+        if skip:
+            loader = engine.SkipBadImages(loader, self.bad_images)
+        return loading.DeviceBatches(loader, self.device, self.bench.normalize)
 
     def train_loader(self, task: int, for_covariance: bool = False):
         """Training data of a task (x expand_times); for the covariance pass, with the eval
@@ -231,8 +251,9 @@ class Experiment:
         classes = self.tasks[task]
         plain = for_covariance and cfg.split.cov_pass == "plain"
         ds = self.bench.task_dataset("train", classes, task * len(classes),
-                                     self.bench.eval_transform if plain else None,
-                                     skip_bad=cfg.dataset.skip_bad_images)
+                                     self.bench.transform("eval", uint8=True) if plain else None,
+                                     skip_bad=cfg.dataset.skip_bad_images, uint8=True,
+                                     images=self.image_cache.for_classes(self.bench.train, classes))
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
         seed = derived_seed(cfg.seed, task, 2 if for_covariance else 3)
@@ -241,16 +262,17 @@ class Experiment:
             batch = per_rank_batch(batch, self.dist, "train.batch_size")
             sampler = (ShardSampler(ds, self.dist) if for_covariance else DistributedSampler(
                 ds, self.dist.world_size, self.dist.rank, shuffle=True, seed=seed % 2**31))
-        return self._loader(ds, batch, True, cfg.train.num_workers, seed, sampler)
+        return self._loader(ds, batch, True, self.workers["train"], seed, sampler,
+                            epochs=1 if for_covariance else cfg.train.epochs)
 
     def val_loader(self, task: int):
         classes = self.tasks[task]
         ds = self.bench.task_dataset("val", classes, task * len(classes),
-                                     skip_bad=self.cfg.dataset.skip_bad_images)
+                                     skip_bad=self.cfg.dataset.skip_bad_images, uint8=True)
         batch, sampler = self.cfg.eval.batch_size, None
         if self.dist.enabled:
             batch, sampler = max(1, batch // self.dist.world_size), ShardSampler(ds, self.dist)
-        return self._loader(ds, batch, False, self.cfg.eval.num_workers, sampler=sampler)
+        return self._loader(ds, batch, False, self.workers["eval"], sampler=sampler)
 
     # ----------------------------------------------------------------- run
     def run_task(self, task: int) -> None:

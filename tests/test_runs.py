@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from splitlora.cli import default_output
 from splitlora.config import config_hash, load_config

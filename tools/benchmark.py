@@ -10,16 +10,29 @@
 (b) the SplitLoRA training step: adapters on k, v of every block (B and head train, AdamW);
 (c) the covariance pass: no-grad forward with the covariance hooks accumulating;
 (d) the evaluation forward (no grad, adapters merged);
-(e) the data pipeline, per worker: JPEG decode + the training transforms.
+(e) the data pipeline, per worker (one thread), on generated image files of real sizes
+    (500x375 JPEG as ImageNet-R / DomainNet, 64x64 JPEG and PNG, 32x32 PNG as CIFAR-100),
+    three paths timed alternately through the project's own dataset classes and transforms
+    (each round seeds the three alike, so they draw the same augmentations):
+      old:    decode from disk, AutoAugment, RandomResizedCrop, ToTensor, Normalize (float32),
+              collate a float batch (the pipeline before the decode cache);
+      uint8:  decode from disk, the same augmentation, uint8 output, collate a uint8 batch
+              (normalisation moved to the device);
+      cached: the decoded cache (datasets/cache.py), the same augmentation, uint8, collate;
+    plus the device-side normalisation of the uint8 batch, the ratios cached/old and
+    cached/uint8 (what the cache alone buys) and the cache's memory per 10,000 images.
 Prints images/s for each, the ratios b/a and c/d, peak memory and, on CUDA, the achieved
-TFLOP/s of (a)-(d) against the bf16 matmul rate measured here.
+TFLOP/s of (a)-(d) against the bf16 matmul rate measured here. ``--json FILE`` also writes
+every figure to FILE; ``--data-only`` runs (e) alone.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -47,6 +60,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--model", default=None,
                    help="timm model (default: vit_base_patch16_224 on CUDA, a 6-block 192-wide "
                         "ViT on CPU)")
+    p.add_argument("--model-kwargs", default=None,
+                   help='JSON of extra timm.create_model arguments, e.g. \'{"depth": 2}\'')
     p.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 32 on CPU")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -58,8 +73,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--classes", type=int, default=20, help="classes of the task head")
     p.add_argument("--fused-attn", type=int, choices=(0, 1), default=1)
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    p.add_argument("--data-images", type=int, default=64, help="JPEGs for the pipeline test")
-    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--data-images", type=int, default=64,
+                   help="images per size for the pipeline test (e)")
+    p.add_argument("--data-steps", type=int, default=7, help="timed rounds of (e)")
+    p.add_argument("--data-sizes", default="500x375.jpg,64x64.jpg,64x64.png,32x32.png",
+                   help="image files of (e): WxH.ext, comma-separated")
+    p.add_argument("--skip-data", action="store_true", help="skip (e)")
+    p.add_argument("--data-only", action="store_true", help="run (e) alone")
+    p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     problem = check_args(args)
     if problem:
@@ -71,7 +92,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> Optional[str]:
     """What is wrong with the arguments (None if nothing): counts must be positive, the model a
     timm ViT the method supports."""
-    for flag in ("batch_size", "steps", "img_size", "rank", "classes", "data_images"):
+    for flag in ("batch_size", "steps", "img_size", "rank", "classes", "data_images",
+                 "data_steps"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             return f"--{flag.replace('_', '-')} must be >= 1, got {value}"
@@ -101,7 +123,13 @@ def timed_pair(fn_a: Callable[[], None], fn_b: Optional[Callable[[], None]], dev
                steps: int, warmup: int) -> tuple[float, float]:
     """Median seconds per call of two functions timed alternately (a, b, a, b, ...), so that
     drifts of the machine's speed affect both sides of their ratio alike."""
-    fns = [fn_a] + ([fn_b] if fn_b is not None else [])
+    med = timed_alternating([fn_a] + ([fn_b] if fn_b is not None else []), device, steps, warmup)
+    return med[0], (med[1] if len(med) > 1 else float("nan"))
+
+
+def timed_alternating(fns: list[Callable[[], None]], device: torch.device, steps: int,
+                      warmup: int) -> list[float]:
+    """Median seconds per call of each function, timed round-robin (f0, f1, ..., f0, f1, ...)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -113,8 +141,7 @@ def timed_pair(fn_a: Callable[[], None], fn_b: Optional[Callable[[], None]], dev
             fn()
             _sync(device)
             times[i].append(time.perf_counter() - t0)
-    med = [float(np.median(t)) for t in times]
-    return med[0], (med[1] if len(med) > 1 else float("nan"))
+    return [float(np.median(t)) for t in times]
 
 
 def count_flops(fn: Callable[[], None]) -> float:
@@ -138,21 +165,115 @@ def peak_memory(device: torch.device) -> str:
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process max RSS)"
 
 
-def make_jpegs(n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[bytes]:
+def make_images(n: int, size: tuple[int, int] = (500, 375), fmt: str = "JPEG",
+                seed: int = 0) -> list[bytes]:
+    """``n`` encoded images of ``size`` with photo-like smooth content (upsampled noise)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        base = rng.integers(0, 256, size=(size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+        base = rng.integers(0, 256, size=(max(1, size[1] // 8), max(1, size[0] // 8), 3),
+                            dtype=np.uint8)
         img = Image.fromarray(base).resize(size, Image.BILINEAR)
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
+        img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
         out.append(buf.getvalue())
     return out
+
+
+def make_jpegs(n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[bytes]:
+    return make_images(n, size, "JPEG", seed)
+
+
+def parse_size(spec: str) -> tuple[int, int, str]:
+    """'500x375.jpg' -> (500, 375, 'jpg')."""
+    dims, _, ext = spec.strip().partition(".")
+    w, _, h = dims.partition("x")
+    return int(w), int(h), (ext or "jpg").lower()
+
+
+def data_section(args: argparse.Namespace, device: torch.device) -> dict:
+    """(e): per-worker images/s of the old, uint8 and cached paths on generated image files,
+    timed alternately in this process with one thread (as a DataLoader worker runs)."""
+    from torch.utils.data import default_collate
+
+    from datasets.cache import DecodedImages
+    from datasets.folder import FolderImageSet, TaskDataset
+    from datasets.normalize import Uint8Normalize
+
+    mean = std = (0.5, 0.5, 0.5)
+    old_tf = tf.train_transform(args.img_size, "imagenet", "bilinear", mean, std)
+    new_tf = tf.train_transform(args.img_size, "imagenet", "bilinear", mean, std, output="uint8")
+    norm = Uint8Normalize(mean, std)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for spec in args.data_sizes.split(","):
+                w, h, ext = parse_size(spec)
+                folder = Path(tmp) / f"{w}x{h}_{ext}" / "c0"
+                folder.mkdir(parents=True)
+                fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}[ext]
+                for i, data in enumerate(make_images(args.data_images, (w, h), fmt)):
+                    (folder / f"{i:04d}.{ext}").write_bytes(data)
+                files = FolderImageSet(folder.parent, ["c0"], "train")
+                cached = DecodedImages(files, range(len(files)))
+                paths = {"old": TaskDataset(files, [0], 0, old_tf),
+                         "uint8": TaskDataset(files, [0], 0, new_tf),
+                         "cached": TaskDataset(cached, [0], 0, new_tf)}
+                batches = {}
+                calls = {k: 0 for k in paths}
+
+                def run(name: str):
+                    # the same seed for the three paths in each round: the same AutoAugment
+                    # ops and crops, so only decoding and normalisation differ between them
+                    torch.manual_seed(calls[name])
+                    calls[name] += 1
+                    ds = paths[name]
+                    batches[name] = default_collate([ds[i] for i in range(len(ds))])
+
+                sec = timed_alternating([lambda k=k: run(k) for k in paths], torch.device("cpu"),
+                                        args.data_steps, warmup=1)
+                rates = {k: len(files) / t for k, t in zip(paths, sec)}
+                uint8_batch = batches["cached"][0].to(device)
+                norm(uint8_batch)  # table on the device
+                norm_sec = timed(lambda: norm(uint8_batch), device, steps=args.data_steps, warmup=1)
+                per_image = cached.nbytes / len(files)
+                out[spec] = {
+                    "images": len(files), "size": [w, h], "format": ext,
+                    "img_per_s": rates,
+                    "ratio_cached_over_old": rates["cached"] / rates["old"],
+                    "ratio_uint8_over_old": rates["uint8"] / rates["old"],
+                    "ratio_cached_over_uint8": rates["cached"] / rates["uint8"],
+                    "normalize_on_device_img_per_s": len(files) / norm_sec,
+                    "normalize_device": str(device),
+                    "cache_bytes_per_image": per_image,
+                    "cache_gib_per_10k_images": per_image * 10_000 / 2**30,
+                }
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def print_data_section(data: dict) -> None:
+    print("(e) data pipeline per worker (1 thread): img/s of old (decode + float) | uint8 "
+          "(decode, normalise on device) | cached (decode once, uint8)")
+    for spec, r in data.items():
+        rates = r["img_per_s"]
+        mem = r["cache_gib_per_10k_images"]
+        mem_s = f"{mem:.2f} GiB" if mem >= 1 else f"{mem * 1024:.0f} MiB"
+        print(f"    {spec:<12s} old {rates['old']:8.1f} | uint8 {rates['uint8']:8.1f} | cached "
+              f"{rates['cached']:8.1f} img/s   cached/old {r['ratio_cached_over_old']:.2f}x, "
+              f"cache alone (cached/uint8) {r['ratio_cached_over_uint8']:.2f}x; cache "
+              f"{mem_s} per 10,000 images; normalise on {r['normalize_device']} "
+              f"{r['normalize_on_device_img_per_s']:.0f} img/s")
 
 
 def build_models(args: argparse.Namespace, device: torch.device):
     name = args.model or ("vit_base_patch16_224" if device.type == "cuda" else "vit_small_patch16_224")
     kwargs = {} if (args.model or device.type == "cuda") else dict(SMALL_VIT)
+    if args.model_kwargs:
+        kwargs.update(json.loads(args.model_kwargs))
     torch.manual_seed(0)
     plain = timm.create_model(name, pretrained=False, num_classes=0, img_size=args.img_size, **kwargs)
     torch.manual_seed(0)
@@ -168,19 +289,12 @@ def build_models(args: argparse.Namespace, device: torch.device):
     return name, kwargs, plain, model
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
+def model_section(args: argparse.Namespace, device: torch.device) -> dict:
+    """(a)-(d): images/s of the four passes on one synthetic batch (and TFLOP/s on CUDA)."""
     bs = args.batch_size or (256 if device.type == "cuda" else 32)
     steps = args.steps or (20 if device.type == "cuda" else 8)
     amp = args.amp or ("fp16" if device.type == "cuda" else "off")
     amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -224,9 +338,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                               weight_decay=5e-5)
     forward = torch.compile(model) if args.compile else model
 
-    def step_b():
+    def step_b(net=None):
         with autocast():
-            logits = forward(x, 0)
+            logits = (net or forward)(x, 0)
         loss = F.cross_entropy(logits.float() / 30.0, y)
         opt_b.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -246,51 +360,81 @@ def main(argv: Optional[list[str]] = None) -> int:
         with autocast():
             model(x)
 
-    results = {}
+    sec = {}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    results["a"], results["b"] = timed_pair(step_a, step_b, device, steps, args.warmup)
+    sec["a"], sec["b"] = timed_pair(step_a, step_b, device, steps, args.warmup)
     assert embed_grad["norm"] is not None  # the backward really reached the first block
     assert all(a.lora_B.grad is not None for a in model.adapters)
     model.merge_adapters()
-    results["c"], results["d"] = timed_pair(step_c, step_d, device, steps, args.warmup)
+    sec["c"], sec["d"] = timed_pair(step_c, step_d, device, steps, args.warmup)
+    peak_mem = peak_memory(device)
     flops = {}
     if device.type == "cuda":
         flops = {"a": count_flops(step_a), "d": count_flops(step_d)}
         flops["c"] = flops["d"]
         for a in model.adapters:
             a.set_adapter(a.lora_A.detach().clone())
-        flops["b"] = count_flops(step_b)
-
-    print(f"model {name} {kwargs or ''} | img {args.img_size} | batch {bs} | amp {amp} | "
-          f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} "
-          f"({torch.get_num_threads()} threads) | torch {torch.__version__} | steps {steps}")
-    labels = {"a": "frozen backbone fwd+bwd (no adapters)", "b": "SplitLoRA training step",
-              "c": "covariance pass (fwd, hooks)", "d": "evaluation forward"}
+        flops["b"] = count_flops(lambda: step_b(model))  # eager: the same FLOPs, no recompile
     peak = bf16_matmul_rate(device) if device.type == "cuda" else None
-    for k, sec in results.items():
-        line = f"({k}) {labels[k]:<40s} {bs / sec:10.1f} img/s  {sec * 1e3:9.2f} ms/batch"
-        if flops:
-            tflops = flops[k] / sec / 1e12
-            line += f"  {tflops:7.1f} TFLOP/s ({100 * tflops / peak:.0f}% of bf16 matmul peak)"
-        print(line)
-    if not args.skip_data:
-        jpegs = make_jpegs(args.data_images)
-        transform = tf.train_transform(args.img_size, "imagenet", "bilinear", (0.5,) * 3, (0.5,) * 3)
+    out = {"model": name, "model_kwargs": kwargs, "img_size": args.img_size, "batch_size": bs,
+           "amp": amp, "compile": bool(args.compile), "steps": steps,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "img_per_s": {k: bs / t for k, t in sec.items()},
+           "ms_per_batch": {k: t * 1e3 for k, t in sec.items()},
+           "ratio_b_over_a": sec["b"] / sec["a"], "ratio_c_over_d": sec["c"] / sec["d"],
+           "peak_memory": peak_mem,
+           "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                                if device.type == "cuda" else None)}
+    if flops:
+        out["tflops"] = {k: flops[k] / sec[k] / 1e12 for k in sec}
+        out["bf16_matmul_tflops"] = peak
+    return out
 
-        def decode_all():
-            for data in jpegs:
-                with Image.open(io.BytesIO(data)) as img:
-                    transform(img.convert("RGB"))
-        torch.manual_seed(0)
-        sec = timed(decode_all, torch.device("cpu"), steps=3, warmup=1)
-        print(f"(e) data pipeline per worker (JPEG 500x375 decode + train transforms) "
-              f"{len(jpegs) / sec:10.1f} img/s")
-    print(f"ratio b/a (method overhead over frozen-backbone training): {results['b'] / results['a']:.3f}")
-    print(f"ratio c/d (covariance pass over evaluation forward):      {results['c'] / results['d']:.3f}")
-    if peak is not None:
-        print(f"bf16 matmul rate measured here: {peak:.0f} TFLOP/s")
+
+LABELS = {"a": "frozen backbone fwd+bwd (no adapters)", "b": "SplitLoRA training step",
+          "c": "covariance pass (fwd, hooks)", "d": "evaluation forward"}
+
+
+def print_model_section(r: dict) -> None:
+    print(f"model {r['model']} {r['model_kwargs'] or ''} | img {r['img_size']} | batch "
+          f"{r['batch_size']} | amp {r['amp']} | compile {r['compile']} | device {r['device']} "
+          f"({r['threads']} threads) | torch {r['torch']} | steps {r['steps']}")
+    for k in "abcd":
+        line = (f"({k}) {LABELS[k]:<40s} {r['img_per_s'][k]:10.1f} img/s  "
+                f"{r['ms_per_batch'][k]:9.2f} ms/batch")
+        if "tflops" in r:
+            t = r["tflops"][k]
+            line += f"  {t:7.1f} TFLOP/s ({100 * t / r['bf16_matmul_tflops']:.0f}% of bf16 matmul peak)"
+        print(line)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    results: dict = {}
+    if not args.data_only:
+        results["model"] = model_section(args, device)
+        print_model_section(results["model"])
+    if not args.skip_data:
+        results["data"] = data_section(args, device)
+        print_data_section(results["data"])
+    if "model" in results:
+        r = results["model"]
+        print(f"ratio b/a (method overhead over frozen-backbone training): {r['ratio_b_over_a']:.3f}")
+        print(f"ratio c/d (covariance pass over evaluation forward):      {r['ratio_c_over_d']:.3f}")
+        if r.get("bf16_matmul_tflops"):
+            print(f"bf16 matmul rate measured here: {r['bf16_matmul_tflops']:.0f} TFLOP/s")
     print(f"peak memory: {peak_memory(device)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -1,0 +1,139 @@
+"""How batches reach the model: worker counts, multi-epoch loading, normalisation on the device.
+
+- ``train.num_workers`` / ``eval.num_workers: auto`` = the CPUs this process may use
+  (``os.sched_getaffinity``), shared by the processes torchrun started on this machine, minus
+  one for the process itself.
+- :class:`EpochStream`: a task's ``epochs`` epochs read through one DataLoader iteration, served
+  one epoch per ``iter()``, so the workers keep preparing batches across epoch boundaries
+  instead of restarting the pipeline (and leaving the GPU idle) at every epoch.
+- :class:`DeviceBatches`: uint8 batches are copied to the device (a quarter of the bytes of
+  float32) and normalised there (:class:`datasets.normalize.Uint8Normalize`, bitwise the
+  float pipeline's values).
+
+Randomness: with ``num_workers: 0`` the transforms draw from the main process's RNG as
+before; with workers, each worker has its own stream (PyTorch's seeding from the loader's
+generator), so augmentations, and hence results, depend on the number of workers: a run is
+repeated bitwise with the same worker count (recorded in ``env.json``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator, Optional, Union
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def processes_on_this_machine() -> int:
+    """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE, else 1)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def resolve_workers(value: Union[int, str]) -> int:
+    """``auto`` -> usable CPUs / processes on this machine - 1 (at least 0); an int as is."""
+    if value == "auto":
+        return max(0, usable_cpus() // processes_on_this_machine() - 1)
+    return int(value)
+
+
+class _EpochsBatchSampler(Sampler[list]):
+    """The batches of ``epochs`` consecutive epochs of ``sampler`` (``set_epoch`` called
+    before each, for a DistributedSampler)."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, epochs: int) -> None:
+        self.sampler = sampler
+        self.batches = BatchSampler(sampler, batch_size, drop_last)
+        self.epochs = epochs
+        self.first_epoch = 0  # epoch number of the next iteration's first epoch
+
+    def __iter__(self) -> Iterator[list]:
+        for epoch in range(self.first_epoch, self.first_epoch + self.epochs):
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
+            yield from self.batches
+
+    def __len__(self) -> int:
+        return self.epochs * len(self.batches)
+
+
+class EpochStream:
+    """``epochs`` epochs of a dataset read through one multi-worker DataLoader iteration.
+
+    Each ``iter()`` yields the next epoch's batches (``len()`` of them); an epoch left
+    unfinished is skipped to its end first, so epochs never mix. Reading more than ``epochs``
+    epochs works too: a new iteration of ``epochs`` more starts (with a pipeline restart).
+    Shuffling: ``sampler`` if given (e.g. a DistributedSampler), else a RandomSampler drawing
+    from ``seed``. ``sampler`` is hidden (None) from callers: this class calls ``set_epoch``
+    itself, with the running epoch number.
+    """
+
+    sampler = None
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int, epochs: int,
+                 device: torch.device, seed: int = 0, sampler: Optional[Sampler] = None,
+                 drop_last: bool = False, collate_fn: Optional[Callable] = None) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        base = sampler if sampler is not None else RandomSampler(dataset, generator=gen)
+        self.batch_sampler = _EpochsBatchSampler(base, batch_size, drop_last, epochs)
+        self.per_epoch = len(self.batch_sampler.batches)
+        self.epochs = epochs
+        self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, num_workers=num_workers,
+                                 pin_memory=device.type == "cuda", generator=gen,
+                                 collate_fn=collate_fn)
+        self._it: Optional[Iterator] = None
+        self._left = 0  # batches of the current epoch not yet taken
+        self._served = 0
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self) -> Iterator:
+        if self._it is not None:
+            for _ in range(self._left):  # an unfinished epoch: skip its rest
+                next(self._it)
+        if self._it is None or self._served % self.epochs == 0:
+            self.batch_sampler.first_epoch = self._served
+            self._it = iter(self.loader)
+        self._served += 1
+        self._left = self.per_epoch
+        return self._epoch()
+
+    def _epoch(self) -> Iterator:
+        while self._left > 0:
+            batch = next(self._it)
+            self._left -= 1
+            yield batch
+        if self._served % self.epochs == 0:
+            self._it = None  # this iteration's last epoch is done: let the workers go
+
+
+class DeviceBatches:
+    """Iterate ``(images, labels)`` of ``loader`` with the images on ``device``, normalised
+    there by ``normalize`` when they arrive as uint8. Labels stay where they are."""
+
+    def __init__(self, loader, device: torch.device, normalize: Optional[Callable] = None) -> None:
+        self.loader = loader
+        self.device = device
+        self.normalize = normalize
+        self.sampler = getattr(loader, "sampler", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            if self.normalize is not None and images.dtype == torch.uint8:
+                images = self.normalize(images)
+            yield images, labels
