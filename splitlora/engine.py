@@ -20,7 +20,6 @@ from tqdm import tqdm
 from .config import TrainConfig
 from .covariance import CovarianceAccumulator, collect_covariance
 from .errors import NumericalError
-from .faults import nan_loss_task
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,6 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
     model.eval()
     stats = []
     bad_streak = 0  # with fp16 + scaler an overflowing step is skipped, as GradScaler does
-    poison = nan_loss_task() == task  # fault injection for tests (inactive by default)
     forward = CompiledForward(model) if cfg.compile else model
     sampler = getattr(loader, "sampler", None)
     scheduler.step(0)
@@ -177,8 +175,6 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
             with autocast(device, amp_dtype):
                 logits = forward(images, task)
             loss = F.cross_entropy(logits.float() / cfg.temperature, target)
-            if poison:
-                loss, poison = loss * float("nan"), False
             if not torch.isfinite(loss):
                 bad_streak += 1
                 if not use_scaler or bad_streak > cfg.max_bad_steps:
