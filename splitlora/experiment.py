@@ -143,8 +143,6 @@ class Experiment:
                         "eval": loading.resolve_workers(cfg.eval.num_workers)}
         self.image_cache = TaskImageCache(cfg.dataset.cache, loading.usable_cpus(),
                                           loading.processes_on_this_machine())
-        log.info("data loading: %d train / %d eval workers, decode cache %s", self.workers["train"],
-                 self.workers["eval"], cfg.dataset.cache)
         self.bad_images: set[str] = set()
         self.model: Optional[ContinualViT] = None
         self.learner: Optional[Learner] = None
@@ -348,6 +346,8 @@ class Experiment:
         self.write_env()
 
     def run(self) -> dict:
+        log.info("data loading: %d train / %d eval workers, decode cache %s", self.workers["train"],
+                 self.workers["eval"], self.cfg.dataset.cache)
         log.info("run %s: method %s, %d tasks of %d classes, device %s", self.cfg.name,
                  self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
         for task in range(self.tracker.tasks_done(), len(self.tasks)):
