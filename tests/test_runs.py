@@ -35,7 +35,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     holder = RunLock(out, "python main.py (the first run)").acquire()
     try:
-        proc = run_main(_args() + ["--output", str(out)], cwd=tmp_path)
+        proc = main_inprocess(_args() + ["--output", str(out)], tmp_path)
     finally:
         holder.release()
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -55,7 +55,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path):
     os.kill(dead_pid, signal.SIGKILL)
     holder.wait()
     assert f'"pid": {dead_pid}' in (out / LOCK_NAME).read_text()  # its record is still there
-    proc = run_main(_args(epochs=1) + ["--output", str(out)], cwd=tmp_path)
+    proc = main_inprocess(_args(epochs=1) + ["--output", str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"took over the lock of {out} left by pid {dead_pid}" in (out / "log.txt").read_text()
     assert (out / LOCK_NAME).read_text() == ""  # released at exit
@@ -66,7 +66,7 @@ def test_two_concurrent_runs_one_directory_only_one_writes(tmp_path):
     deadline = time.time() + HANG_GUARD_S
     while not (tmp_path / "run" / "config.yaml").exists() and time.time() < deadline:
         time.sleep(0.2)  # the first run holds the lock (and has written its config)
-    second = run_main(_args(["method.name=seq_lora"]) + ["--output", "run"], cwd=tmp_path)
+    second = main_inprocess(_args(["method.name=seq_lora"]) + ["--output", "run"], tmp_path)
     first_out, first_err = first.communicate(timeout=HANG_GUARD_S)
     assert first.returncode == 0, first_err[-3000:]
     assert second.returncode == 2 and "in use by pid" in second.stderr
@@ -103,7 +103,7 @@ def test_resume_on_changed_data_is_refused_listing_what_changed(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()}
     _folder(data, ["e", "f"])  # two class folders added
     (data / "train" / "a" / "0.png").unlink()  # and one image removed
-    proc = run_main(args, cwd=tmp_path)
+    proc = main_inprocess(args, tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "the data changed" in err[0] and "classes added" in err[0]
@@ -115,7 +115,7 @@ def test_resume_on_same_data_at_another_root_is_accepted_and_names_are_stored(tm
     data, args = _interrupted_folder_run(tmp_path, ["a", "b", "c", "d"])
     moved = data.rename(tmp_path / "moved")
     args = [f"dataset.root={moved}" if a == f"dataset.root={data}" else a for a in args]
-    proc = run_main(args, cwd=tmp_path)
+    proc = main_inprocess(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     names = ["a", "b", "c", "d"]
@@ -143,12 +143,12 @@ def test_data_identity_lists_count_and_file_changes():
 def test_continuing_may_change_precision_and_loaders_but_not_the_experiment(tmp_path):
     proc = _popen(_args() + ["--output", "run"], tmp_path)
     _kill_when(proc, "task 1 epoch 1/3")
-    refused = run_main(_args(["train.lr=0.5"]) + ["--output", "run"], cwd=tmp_path)
+    refused = main_inprocess(_args(["train.lr=0.5"]) + ["--output", "run"], tmp_path)
     assert refused.returncode == 2 and "train.lr" in refused.stderr
     assert "may change when a run is continued" in refused.stderr
     changed = ["train.amp=bf16", "eval.batch_size=7", "train.num_workers=1",
                "dataset.skip_bad_images=true", "train.max_bad_steps=3"]
-    proc = run_main(_args(changed) + ["--output", "run"], cwd=tmp_path)
+    proc = main_inprocess(_args(changed) + ["--output", "run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     sessions = json.loads((run / "env.json").read_text())["sessions"]
@@ -169,7 +169,7 @@ def test_config_hash_ignores_resumable_keys_only():
 # ----------------------------------------------------------------------------- degenerate tasks
 
 def test_one_class_per_task_is_refused(tmp_path):
-    proc = main_inprocess(_args(["dataset.num_tasks=6"]) + ["--output", "run"], cwd=tmp_path)
+    proc = main_inprocess(_args(["dataset.num_tasks=6"]) + ["--output", "run"], tmp_path)
     assert proc.returncode == 2
     assert "1 class per task" in proc.stderr and "at most 3 tasks" in proc.stderr
     assert not (tmp_path / "run").exists()
