@@ -51,7 +51,7 @@ def _kill_when(proc: subprocess.Popen, marker: str, timeout: float = HANG_GUARD_
 def reference(tmp_path_factory):
     """An uninterrupted run's metrics.json."""
     work = tmp_path_factory.mktemp("ref")
-    proc = run_main(_args() + ["--output", "run"], cwd=work)
+    proc = main_inprocess(_args() + ["--output", "run"], work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((work / "run" / "metrics.json").read_text())
 
@@ -63,7 +63,7 @@ def test_sigkill_mid_task_then_resume_equals_uninterrupted(tmp_path, reference):
     partial = json.loads((run / "metrics.json").read_text())
     assert partial["tasks_done"] == 1 and not partial["complete"]
     assert (run / "checkpoint.pt").is_file()
-    again = run_main(_args() + ["--output", "run"], cwd=tmp_path)  # the same command
+    again = main_inprocess(_args() + ["--output", "run"], tmp_path)  # the same command
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming" in again.stderr
     assert json.loads((run / "metrics.json").read_text()) == reference
@@ -79,7 +79,7 @@ def test_sigkill_during_checkpoint_write_keeps_the_old_checkpoint(tmp_path, refe
     assert list(run.glob(".checkpoint.pt.*.tmp")), "the torn temporary file should be left"
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["tasks_done"] == 1  # the previous checkpoint, intact
-    again = run_main(_args() + ["--output", "run", "--resume"], cwd=tmp_path)
+    again = main_inprocess(_args() + ["--output", "run", "--resume"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text()) == reference
     assert not list(run.glob(".checkpoint.pt.*.tmp"))
