@@ -14,7 +14,7 @@ from torchvision.transforms import InterpolationMode
 
 from datasets import BENCHMARKS, DataError, build_benchmark, class_order, split_tasks
 from splitlora.config import ConfigError, from_dict
-from tests.conftest import REPO, run_main, tiny_overrides
+from tests.conftest import REPO, main_inprocess, tiny_overrides
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tools_fixtures as tf  # noqa: E402
@@ -178,8 +178,8 @@ def test_main_trains_on_each_tools_output(tmp_path, bench_name, config):
                            "--train-list", tr, "--val-list", va)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "run"
-    proc = run_main(["--config", str(REPO / "configs" / config), "--output", str(out),
-                     *_sets(tiny_overrides(epochs=1) + [f"dataset.root={dst}"])], cwd=tmp_path)
+    proc = main_inprocess(["--config", str(REPO / "configs" / config), "--output", str(out),
+                           *_sets(tiny_overrides(epochs=1) + [f"dataset.root={dst}"])], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     expected_tasks = int(config.split("_")[-1].split(".")[0])

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_main
+from tests.conftest import main_inprocess, run_main
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_demo_splitlora_forgets_less_than_sequential_lora(demo):
     cwd, first = demo
     assert (cwd / ".cache" / "demo_backbone_v1.safetensors").is_file()
     assert "final accuracy" in first.stdout
-    base = run_main(["--set", "method.name=seq_lora"], cwd=cwd)  # its own default directory
+    base = main_inprocess(["--set", "method.name=seq_lora"], cwd)  # its own default directory
     assert base.returncode == 0, base.stderr[-3000:]
     assert "pretraining" not in base.stderr  # the cached backbone is loaded, not retrained
     split = _metrics(cwd, "runs/demo/splitlora/seed0")
@@ -43,7 +43,7 @@ def test_demo_joint_training_reaches_splitloras_final_accuracy(demo):
     """The upper bound: all 20 classes as one task, one head, the same images x epochs x
     expand_times; nothing to forget (forgetting is null, not 0)."""
     cwd, _ = demo
-    joint = run_main(["--set", "method.name=joint"], cwd=cwd)
+    joint = main_inprocess(["--set", "method.name=joint"], cwd)
     assert joint.returncode == 0, joint.stderr[-3000:]
     assert "n/a (one task)" in joint.stdout
     split = _metrics(cwd, "runs/demo/splitlora/seed0")

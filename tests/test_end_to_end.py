@@ -10,7 +10,7 @@ import torch
 
 from splitlora.config import from_dict
 from splitlora.experiment import Experiment
-from tests.conftest import run_main, tiny_overrides
+from tests.conftest import main_inprocess, run_main, tiny_overrides
 
 SYNTH = ["dataset.name=synthetic", "dataset.num_tasks=3",
          "dataset.synthetic={num_classes: 6, train_per_class: 8, val_per_class: 5, image_size: 16}"]
@@ -65,7 +65,7 @@ def test_rerun_of_complete_run_does_nothing(finished_run):
     cwd, _ = finished_run
     metrics = cwd / "run" / "metrics.json"
     before = metrics.read_bytes()
-    proc = run_main(_sets(tiny_overrides() + SYNTH) + ["--output", "run"], cwd=cwd)
+    proc = main_inprocess(_sets(tiny_overrides() + SYNTH) + ["--output", "run"], cwd)
     assert proc.returncode == 0
     assert "already holds the complete results" in proc.stdout
     assert metrics.read_bytes() == before
@@ -75,8 +75,8 @@ def test_different_config_in_same_directory_is_refused(finished_run):
     cwd, _ = finished_run
     out = cwd / "run"
     snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
-    proc = run_main(_sets(tiny_overrides() + SYNTH + ["method.name=seq_lora"]) + ["--output", "run"],
-                    cwd=cwd)
+    proc = main_inprocess(_sets(tiny_overrides() + SYNTH + ["method.name=seq_lora"]) +
+                          ["--output", "run"], cwd)
     assert proc.returncode == 2
     assert "method.name" in proc.stderr and "--output" in proc.stderr
     assert "Traceback" not in proc.stderr
