@@ -11,14 +11,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from splitlora.errors import UserError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
-class DataError(UserError, RuntimeError):
+class DataError(RuntimeError):
     """Missing or malformed data. The message names the path and the fix."""
 
 

@@ -10,8 +10,6 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from splitlora.config import ConfigError
-from splitlora.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +18,16 @@ SUPPORTED = ("SplitLoRA adapts timm Vision Transformers whose blocks compute q, 
              "vit_small_patch14_dinov2)")
 
 
-class WeightsError(UserError, RuntimeError):
+class ModelError(RuntimeError):
+    """Base of this package's errors: a model or weights the run cannot use. The message says
+    what is wrong and how to fix it (the CLI prints it as one ``error:`` line)."""
+
+
+class UnsupportedModelError(ModelError, ValueError):
+    """A model name or arguments that do not give a ViT this project can adapt."""
+
+
+class WeightsError(ModelError):
     """Pretrained weights could not be found, read or matched to the model."""
 
 
@@ -128,7 +135,7 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
 
     The model is built on the meta device (no memory, no weights) with the run's arguments and
     must be a ViT whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and
-    must still run once LoRA wraps those layers. Raises :class:`ConfigError` naming ``key``.
+    must still run once LoRA wraps those layers. Raises :class:`UnsupportedModelError` naming ``key``.
     """
     extra = dict(kwargs or {}, num_classes=0)
     extra.setdefault("img_size", img_size)
@@ -150,9 +157,9 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
             model = timm.create_model(name, pretrained=False, **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise ConfigError(f"{label} is not a timm model; list them with "
+            raise UnsupportedModelError(f"{label} is not a timm model; list them with "
                               "timm.list_models('vit_*')") from None
-        raise ConfigError(f"{label} cannot be built with img_size {img_size} and model.kwargs "
+        raise UnsupportedModelError(f"{label} cannot be built with img_size {img_size} and model.kwargs "
                           f"{kwargs or {}}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a constructor rejecting its arguments
         try:
@@ -161,18 +168,18 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
         except Exception:  # noqa: BLE001
             bare = None
         if bare is not None and _qkv_layers(bare) is None:
-            raise ConfigError(f"{label} is a {type(bare).__name__}, not a Vision Transformer. "
+            raise UnsupportedModelError(f"{label} is a {type(bare).__name__}, not a Vision Transformer. "
                               f"{SUPPORTED}") from None
-        raise ConfigError(f"{label} rejects its arguments (img_size {img_size}, model.kwargs "
+        raise UnsupportedModelError(f"{label} rejects its arguments (img_size {img_size}, model.kwargs "
                           f"{kwargs or {}}): {type(exc).__name__}: {exc}. Fix model.kwargs") from None
     layers = _qkv_layers(model)
     if layers is None:
-        raise ConfigError(f"{label} is a {type(model).__name__}, not a Vision Transformer with "
+        raise UnsupportedModelError(f"{label} is a {type(model).__name__}, not a Vision Transformer with "
                           f"transformer blocks. {SUPPORTED}")
     for i, qkv in enumerate(layers):
         if not isinstance(qkv, nn.Linear) or qkv.out_features % 3:
             attn = getattr(model.blocks[i], "attn", None)
-            raise ConfigError(f"{label}: block {i} has no fused attn.qkv Linear (its attention is "
+            raise UnsupportedModelError(f"{label}: block {i} has no fused attn.qkv Linear (its attention is "
                               f"{type(attn).__name__}). {SUPPORTED}")
     calls: set[int] = set()
     hooks = [q.register_forward_hook(lambda *_, i=i: calls.add(i)) for i, q in enumerate(layers)]
@@ -181,13 +188,13 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
         with torch.no_grad():
             model(x)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{label} does not run on {img_size}x{img_size} RGB images (model.img_size) "
+        raise UnsupportedModelError(f"{label} does not run on {img_size}x{img_size} RGB images (model.img_size) "
                           f"with model.kwargs {kwargs or {}}: {type(exc).__name__}: {exc}") from None
     for h in hooks:
         h.remove()
     if len(calls) < len(layers):
         attn = type(model.blocks[min(set(range(len(layers))) - calls)].attn).__name__
-        raise ConfigError(f"{label}: its attention ({attn}) does not call the attn.qkv layer (it "
+        raise UnsupportedModelError(f"{label}: its attention ({attn}) does not call the attn.qkv layer (it "
                           "reads attn.qkv.weight directly), so adapters on qkv would not act. "
                           f"{SUPPORTED}")
     inject_lora(model, 1, ("k", "v"))
@@ -195,7 +202,7 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
         with torch.no_grad():
             model(x)
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{label} does not run with LoRA on attn.qkv ({type(exc).__name__}: "
+        raise UnsupportedModelError(f"{label} does not run with LoRA on attn.qkv ({type(exc).__name__}: "
                           f"{exc}). {SUPPORTED}") from None
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 
 from .config import (RESUMABLE_KEYS, Config, ConfigError, config_warnings, dump_yaml, flatten,
                      load_config, to_dict)
-from .errors import UserError, WriteError, user_message
+from .errors import WriteError, is_user_error, user_message
 from .fileio import check_output_dir, read_json
 from .logs import attach_log_file, log_to_file, setup_logging
 
@@ -195,11 +195,13 @@ def run_cli(args: argparse.Namespace) -> int:
             lock = RunLock(out, shlex.join(sys.argv)).acquire()
         try:
             return _run(args, cfg, out, main_process, session)
-        except UserError:
-            if lock is not None and not session["started"]:  # refused before anything was written
-                lock.discard()
+        except Exception as exc:
+            if is_user_error(exc) and lock is not None and not session["started"]:
+                lock.discard()  # refused before anything was written
             raise
-    except UserError as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
         message = user_message(exc)
         exp = session["exp"]
         if isinstance(exc, WriteError) and exp is not None:

@@ -1,4 +1,10 @@
-"""The error every expected failure derives from (light module: no torch import)."""
+"""Expected failures: the CLI prints them as one ``error:`` line (light module: no torch).
+
+The method package raises :class:`UserError` and its subclasses. The packages below it,
+``models`` and ``datasets``, know nothing of this one: they raise their own error bases
+(``models.ModelError``, ``datasets.DataError``), which :func:`is_user_error` recognises.
+"""
+import sys
 
 
 class UserError(Exception):
@@ -25,3 +31,19 @@ def user_message(exc: BaseException) -> str:
         head, sep, rest = last.partition(": ")
         return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
     return text
+
+
+# The lower packages' error bases, by module and class name (looked up, never imported: a
+# module that is not loaded cannot have raised).
+_LOWER_ERRORS = (("models.backbone", "ModelError"), ("datasets.folder", "DataError"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an expected failure (reported as one line, not a traceback)."""
+    if isinstance(exc, UserError):
+        return True
+    for module, name in _LOWER_ERRORS:
+        base = getattr(sys.modules.get(module), name, None)
+        if base is not None and isinstance(exc, base):
+            return True
+    return False

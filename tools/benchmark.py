@@ -100,11 +100,10 @@ def check_args(args: argparse.Namespace) -> Optional[str]:
     if args.warmup < 0:
         return f"--warmup must be >= 0, got {args.warmup}"
     if args.model is not None:
-        from models.backbone import check_backbone
-        from splitlora.errors import UserError
+        from models.backbone import ModelError, check_backbone
         try:
             check_backbone(args.model, args.img_size, key="--model")
-        except UserError as exc:
+        except ModelError as exc:
             return str(exc)
     return None
 
