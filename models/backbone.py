@@ -31,12 +31,12 @@ class WeightsError(ModelError):
     """Pretrained weights could not be found, read or matched to the model."""
 
 
-def file_sha256(path: str | Path, limit: Optional[int] = None) -> str:
+def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:limit] if limit else h.hexdigest()
+    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -92,15 +92,45 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def pretrained_config(model_name: str):
+    """timm's pretrained config of ``model_name`` (the one lookup of it here); None if unknown."""
+    try:
+        return timm.models.get_pretrained_cfg(model_name)
+    except Exception:  # noqa: BLE001 - unknown names raise various types across timm versions
+        return None
+
+
+def model_mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input normalisation of the model's pretrained weights (0.5 / 0.5 for the protocol's ViT;
+    0.5 when timm has no config for the name)."""
+    cfg = pretrained_config(model_name)
+    mean = tuple(getattr(cfg, "mean", None) or (0.5, 0.5, 0.5))
+    std = tuple(getattr(cfg, "std", None) or (0.5, 0.5, 0.5))
+    return mean, std
+
+
 def hub_source(model_name: str) -> tuple[Optional[str], str]:
     """(Hugging Face repo id, file name) timm downloads for ``model_name`` (repo None if unknown)."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(model_name)
-    except Exception:  # noqa: BLE001
-        cfg = None
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    name = (getattr(cfg, "hf_hub_filename", None) if cfg is not None else None) or "model.safetensors"
+    cfg = pretrained_config(model_name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    name = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
     return repo, name
+
+
+def hub_weights_file(model_name: str) -> Optional[str]:
+    """The hub file in the local cache that timm loads for ``model_name`` (None when absent)."""
+    repo, name = hub_source(model_name)
+    if not repo:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    for candidate in (name, "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, candidate)
+        if isinstance(path, str) and Path(path).is_file():
+            return path
+    return None
 
 
 def offline_weights_help(model_name: str) -> str:

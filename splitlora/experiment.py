@@ -12,103 +12,24 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import timm
 import torch
 from torch.utils.data import DistributedSampler
 
 from datasets import Benchmark, Repeated, build_benchmark, identity_changes, skipping_collate
 from datasets.cache import TaskImageCache
-from models import ContinualViT, check_backbone, create_backbone, file_sha256
+from models import ContinualViT, model_mean_std
 
 from . import engine, loading
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
-from .distributed import DistInfo, ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
+from .distributed import ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
 from .fileio import atomic_write_text, read_json, write_json_atomic
-from .learner import METHODS, Learner, build_learner, derived_seed
+from .build import build_model, check_names, resolve_device, weights_fingerprint, weights_info
+from .learner import Learner, build_learner, derived_seed, get_method
 from .metrics import AccuracyTracker
-from .runinfo import environment, hub_weights_file, peak_rss_gib, utc_now
+from .runinfo import environment, peak_rss_gib, utc_now
 
 log = logging.getLogger("splitlora")
-
-
-def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
-    """``device`` config -> torch device; under torchrun each process takes its LOCAL_RANK GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-        raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
-                          "use device=cpu or device=auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        from .config import ConfigError
-        raise ConfigError(f"config key 'device' = {name!r}: this machine has "
-                          f"{torch.cuda.device_count()} GPU(s), numbered from 0")
-    if device.type == "cuda" and dist_info.enabled:
-        device = torch.device("cuda", dist_info.local_rank)
-    return device
-
-
-def model_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Normalisation of the model's pretrained config (0.5 / 0.5 for the protocol's ViT)."""
-    try:
-        pcfg = timm.models.get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001
-        pcfg = None
-    mean = tuple(getattr(pcfg, "mean", None) or (0.5, 0.5, 0.5))
-    std = tuple(getattr(pcfg, "std", None) or (0.5, 0.5, 0.5))
-    return mean, std
-
-
-def check_names(cfg: Config) -> None:
-    """Registry names (method, model) are checked before any data is read or model built."""
-    from .config import ConfigError
-    from .learner import METHODS
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
-                          f"known: {', '.join(sorted(METHODS))}")
-    if cfg.method.train_a and not METHODS[cfg.method.name].supports_train_a:
-        raise ConfigError(f"config key 'method.train_a' = true needs a subspace method "
-                          f"({', '.join(n for n, c in sorted(METHODS.items()) if c.supports_train_a)}"
-                          f"), not {cfg.method.name!r}")
-    if not timm.is_model(cfg.model.name):
-        import difflib
-        close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)
-        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
-                          + (f"; did you mean {', '.join(close)}?" if close else ""))
-    check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
-
-
-def build_model(cfg: Config, device: torch.device, progress: bool = True) -> ContinualViT:
-    m = cfg.model
-    if m.pretrained_file and cfg.demo_pretrain.enabled and not Path(m.pretrained_file).exists():
-        from .pretrain import pretrain_synthetic_backbone
-        log.info("%s not found: pretraining the demo backbone on synthetic classes", m.pretrained_file)
-        pretrain_synthetic_backbone(cfg, Path(m.pretrained_file), device)
-    backbone = create_backbone(m.name, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
-                               img_size=m.img_size, fused_attn=m.fused_attn, kwargs=m.kwargs)
-    return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)
-
-
-def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
-    """Which weights the backbone was loaded from: source, tag or path, SHA-256."""
-    m = cfg.model
-    if m.pretrained_file:
-        path = Path(m.pretrained_file).expanduser().resolve()
-        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
-    if m.pretrained:
-        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
-        cached = hub_weights_file(backbone)
-        return {"source": "hub", "tag": pcfg.get("tag"), "hf_hub_id": pcfg.get("hf_hub_id"),
-                "path": cached, "sha256": file_sha256(cached) if cached else None}
-    return {"source": "random init (model.pretrained: false)"}
-
-
-def weights_fingerprint(info: dict) -> tuple:
-    """What identifies backbone weights across machines: the source and the file's hash (the
-    path of a hub cache or a copied file may differ)."""
-    return info.get("source"), info.get("sha256"), info.get("tag") if not info.get("sha256") else None
 
 
 class Experiment:
@@ -133,7 +54,7 @@ class Experiment:
         self.bench: Benchmark = build_benchmark(cfg.dataset, cfg.model.img_size, mean, std)
         order_seed = cfg.dataset.class_order_seed
         # a single-task method (joint training) gets every class at once
-        num_tasks = 1 if METHODS[cfg.method.name].single_task else cfg.dataset.num_tasks
+        num_tasks = 1 if get_method(cfg.method.name).single_task else cfg.dataset.num_tasks
         self.tasks = self.bench.tasks(num_tasks, cfg.seed if order_seed is None else order_seed,
                                       cfg.dataset.shuffle_classes)
         self.data_identity = self.bench.identity(self.tasks)
@@ -153,7 +74,7 @@ class Experiment:
     def build(self) -> None:
         """Build the model (download or load weights) and the learner."""
         torch.manual_seed(self.cfg.seed)
-        self.model = build_model(self.cfg, self.device, self.progress)
+        self.model = build_model(self.cfg, self.device)
         self.learner = build_learner(self.cfg, self.model, self.device, self.dist)
         self.env = environment(self.device)
         self.env["world_size"] = self.dist.world_size

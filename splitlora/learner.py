@@ -45,13 +45,19 @@ def register_method(name: str):
     return deco
 
 
+def get_method(name: str) -> type["Learner"]:
+    """The learner class registered as ``name`` (a :class:`ConfigError` listing the known ones
+    otherwise)."""
+    cls = METHODS.get(name)
+    if cls is None:
+        raise ConfigError(f"config key 'method.name' = {name!r} is not a known method; "
+                          f"known: {', '.join(sorted(METHODS))}")
+    return cls
+
+
 def build_learner(cfg: Config, model: ContinualViT, device: torch.device,
                   dist_info: DistInfo = DistInfo()) -> "Learner":
-    cls = METHODS.get(cfg.method.name)
-    if cls is None:
-        raise ConfigError(f"config key 'method.name' = {cfg.method.name!r} is not a known method; "
-                          f"known: {', '.join(sorted(METHODS))}")
-    return cls(cfg, model, device, dist_info)
+    return get_method(cfg.method.name)(cfg, model, device, dist_info)
 
 
 def derived_seed(*keys: int) -> int:

@@ -61,23 +61,3 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def hub_weights_file(model: torch.nn.Module) -> Optional[str]:
-    """The cached hub file timm loaded for ``model`` (None when unknown)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    repo = cfg.get("hf_hub_id")
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for name in (cfg.get("hf_hub_filename"), "model.safetensors", "open_clip_pytorch_model.bin",
-                 "pytorch_model.bin"):
-        if not name:
-            continue
-        path = try_to_load_from_cache(repo, name)
-        if isinstance(path, str) and Path(path).is_file():
-            return path
-    return None
