@@ -60,9 +60,8 @@ class LoRAQKV(nn.Module):
     def _stacked_B(self) -> Tensor:
         """(3w, n r): B of each target placed at its slice rows and its rank columns.
 
-        One matmul z @ stacked_B^T and one add update every target slice at once; measured
-        faster on CPU than in-place adds into the output's slices (tools/benchmark.py b/a
-        1.06-1.08 vs 1.07-1.11, three alternating runs each).
+        One matmul z @ stacked_B^T and one add update every target slice at once, instead of
+        one in-place add per slice (docs/performance.md has the measurement).
         """
         n, w, r = self.lora_B.shape
         blocks = []
@@ -137,11 +136,11 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
     return wrappers
 
 
-def lora_parameters(wrappers: Iterable[LoRAQKV]) -> list[nn.Parameter]:
-    """All LoRA B parameters (and A when trainable) of the wrappers."""
+def lora_parameters(wrappers: Iterable[LoRAQKV], with_A: bool = False) -> list[nn.Parameter]:
+    """The LoRA parameters that train: every wrapper's B, and its A too when ``with_A``."""
     params = []
     for w in wrappers:
         params.append(w.lora_B)
-        if w.lora_A.requires_grad:
+        if with_A:
             params.append(w.lora_A)
     return params

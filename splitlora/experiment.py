@@ -25,7 +25,7 @@ from .config import Config, config_hash, dump_yaml
 from .distributed import ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
 from .fileio import atomic_write_text, read_json, write_json_atomic
 from .build import build_model, check_names, resolve_device, weights_fingerprint, weights_info
-from .learner import Learner, build_learner, derived_seed, get_method
+from .learner import Learner, Stream, build_learner, derived_seed, get_method
 from .metrics import AccuracyTracker
 from .runinfo import environment, peak_rss_gib, utc_now
 
@@ -175,7 +175,8 @@ class Experiment:
                                      images=self.image_cache.for_classes(self.bench.train, classes))
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
-        seed = derived_seed(cfg.seed, task, 2 if for_covariance else 3)
+        seed = derived_seed(cfg.seed, task,
+                            Stream.COVARIANCE_DATA if for_covariance else Stream.TRAIN_DATA)
         batch, sampler = cfg.train.batch_size, None
         if self.dist.enabled:
             batch = per_rank_batch(batch, self.dist, "train.batch_size")

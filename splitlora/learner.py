@@ -12,6 +12,7 @@ run resumed after task t continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Callable, ClassVar, Optional
 
@@ -68,6 +69,17 @@ def derived_seed(*keys: int) -> int:
     return value
 
 
+class Stream(enum.IntEnum):
+    """The random streams of a task: ``derived_seed(seed, task, stream)``. Exact resume relies on
+    every (task, stream) pair being drawn from its own stream, so the values must stay distinct
+    and never change (a change alters every run's numbers)."""
+
+    TASK = 0  # the global generators of the task: head init, single-process augmentations
+    ADAPTERS = 1  # the draws of A
+    COVARIANCE_DATA = 2  # order and worker seeds of the covariance pass's loader
+    TRAIN_DATA = 3  # order and worker seeds of the training loader
+
+
 class Learner:
     """Base learner: sequential LoRA with per-task heads. Subclasses choose A and the split."""
 
@@ -86,12 +98,12 @@ class Learner:
         self.interference: list[Optional[list[float]]] = []
 
     # ----------------------------------------------------------------- randomness
-    def generator(self, task: int, purpose: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, task, purpose))
+    def generator(self, task: int, stream: Stream) -> torch.Generator:
+        return torch.Generator().manual_seed(derived_seed(self.cfg.seed, task, stream))
 
     def seed_task(self, task: int) -> None:
         """Seed the global RNGs for task ``task`` (head init, single-process transforms)."""
-        torch.manual_seed(derived_seed(self.cfg.seed, task, 0))
+        torch.manual_seed(derived_seed(self.cfg.seed, task, Stream.TASK))
 
     # ----------------------------------------------------------------- lifecycle
     def before_task(self, task: int, num_classes: int,
@@ -101,7 +113,7 @@ class Learner:
         covariance pass (the same loader as after_task's), for methods that need it."""
         self.seed_task(task)
         self.model.heads.add_head(num_classes, self.cfg.model.head_init).to(self.device)
-        gen = self.generator(task, 1)
+        gen = self.generator(task, Stream.ADAPTERS)
         for layer, adapter in enumerate(self.model.adapters):
             a = torch.stack([self.init_A(task, layer, adapter.in_features, gen)
                              for _ in adapter.targets])
@@ -111,9 +123,14 @@ class Learner:
         """(rank, dim) A of ``task`` at block ``layer``: Kaiming-uniform (sequential LoRA)."""
         return kaiming_uniform_A(self.cfg.lora.rank, dim, generator)
 
+    def trains_A(self) -> bool:
+        """Whether A trains along with B (``method.train_a`` where the method supports it)."""
+        return self.supports_train_a and self.cfg.method.train_a
+
     def trainable(self, task: int) -> tuple[list, list]:
         """(LoRA parameters, head parameters) trained on ``task``."""
-        return lora_parameters(self.model.adapters), list(self.model.heads.heads[task].parameters())
+        return (lora_parameters(self.model.adapters, with_A=self.trains_A()),
+                list(self.model.heads.heads[task].parameters()))
 
     def train_task(self, task: int, loader: DataLoader, label_offset: int,
                    progress: bool = True) -> list[engine.EpochStats]:
@@ -197,10 +214,10 @@ class SubspaceLoRA(Learner):
     # ----------------------------------------------------------------- trainable A
     def train_task(self, task: int, loader: DataLoader, label_offset: int,
                    progress: bool = True) -> list[engine.EpochStats]:
-        if not self.cfg.method.train_a:
+        if not self.trains_A():
             return super().train_task(task, loader, label_offset, progress)
         self._projectors = [None if b is None else (b @ b.T).to(self.device) for b in self.bases]
-        for a in self.model.adapters:  # before trainable(): A joins the optimizer's LoRA group
+        for a in self.model.adapters:  # a gradient hook needs a tensor that requires grad
             a.lora_A.requires_grad_(True)
         handles = [a.lora_A.register_hook(lambda g, p=p: g @ p)
                    for a, p in zip(self.model.adapters, self._projectors) if p is not None]
