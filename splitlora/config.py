@@ -34,10 +34,10 @@ class ConfigError(UserError, ValueError):
 class ModelConfig:
     """Backbone: any timm Vision Transformer."""
 
-    name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    name: str = "vit_base_patch16_224.augreg2_in21k_ft_in1k"  # any timm ViT with a fused attn.qkv
     pretrained: bool = True  # download from the hub (timm's cache) unless pretrained_file is set
     pretrained_file: Optional[str] = None  # local weights: .safetensors, or a torch state dict
-    img_size: int = 224
+    img_size: int = 224  # input resolution (square)
     fused_attn: bool = True  # scaled-dot-product attention (numerically the same as unfused)
     # official: task 0 timm init, task 1 a copy of task 0's trained head, then nn.Linear's
     # default (what the official code does) | fresh: nn.Linear's default for every task
@@ -49,15 +49,15 @@ class ModelConfig:
 class LoRAConfig:
     """Low-rank adapters on slices of every block's fused ``attn.qkv``."""
 
-    rank: int = 10
-    targets: list = field(default_factory=lambda: ["k", "v"])
+    rank: int = 10  # LoRA rank r
+    targets: list = field(default_factory=lambda: ["k", "v"])  # slices of qkv with adapters: any of q, k, v
 
 
 @dataclass
 class MethodConfig:
     """Which continual learner runs (registered by name in ``splitlora.learner``)."""
 
-    name: str = "splitlora"  # splitlora | threshold | random_a | seq_lora | inflora | joint | linear_probe
+    name: str = "splitlora"  # the continual learner (docs/results.md describes each)
     threshold: float = 0.95  # threshold: share of the spectrum the frozen subspace must hold
     train_a: bool = False  # subspace methods: A trains too, kept in the free subspace
     # ||A_t|| of task t >= 1 (splitlora, threshold, random_a): decay = ||A_ref|| / (t + 1);
@@ -66,7 +66,7 @@ class MethodConfig:
     # inflora: DualGPM threshold after task t of T is lamb + (lame - lamb) t / T. InfLoRA's
     # configs: 0.98 / 1.0 for ImageNet-R, 0.95 / 1.0 for CIFAR-100 and DomainNet
     inflora_lamb: float = 0.98
-    inflora_lame: float = 1.0
+    inflora_lame: float = 1.0  # inflora: the threshold the schedule rises toward
 
 
 @dataclass
@@ -74,7 +74,9 @@ class SplitConfig:
     """The covariance pass and the split rule of SplitLoRA."""
 
     alpha: float = 20.0  # weight of the 'room left' term of the split rule
-    cov_pass: str = "faithful"  # faithful: train transforms x expand_times; plain: eval transform x 1
+    # faithful: the training loader (train transforms, x expand_times), as the official code;
+    # plain: the eval transform, one copy of each image (a tenth of the reads)
+    cov_pass: str = "faithful"
     cov_dtype: str = "float32"  # accumulator precision of the feature second moment
     cov_amp: bool = False  # run the covariance forward under autocast (the official pass is fp32)
 
@@ -83,16 +85,18 @@ class SplitConfig:
 class TrainConfig:
     """Optimisation of each task (AdamW, multistep schedule per epoch)."""
 
-    epochs: int = 10
+    epochs: int = 10  # epochs per task
+    # timm's multistep schedule as the official code steps it: epoch e (1-based) runs at
+    # lr x gamma^(number of milestones <= e); [5, 8]: epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr
     milestones: list = field(default_factory=lambda: [5, 8])
-    gamma: float = 0.1
-    lr: float = 1e-3  # LoRA B
-    head_lr: float = 1e-2  # the current task's head
-    weight_decay: float = 5e-5
-    batch_size: int = 256
+    gamma: float = 0.1  # decay factor at each milestone
+    lr: float = 1e-3  # AdamW lr of LoRA B
+    head_lr: float = 1e-2  # AdamW lr of the current task's head
+    weight_decay: float = 5e-5  # AdamW weight decay, both groups
+    batch_size: int = 256  # training batch (the global batch under torchrun)
     expand_times: int = 10  # the task's training set is repeated this many times per epoch
     temperature: float = 30.0  # cross-entropy on logits / temperature
-    amp: str = "auto"  # auto (fp16 on CUDA, off on CPU) | fp16 | bf16 | off
+    amp: str = "auto"  # autocast: auto = fp16 with a grad scaler on CUDA, off on CPU
     # data-loading worker processes; auto = the CPUs this process may use (shared by the
     # torchrun processes of this machine) minus one
     num_workers: Union[int, str] = "auto"
@@ -103,7 +107,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 100
+    """Evaluation after every task, on every task seen so far."""
+
+    batch_size: int = 100  # evaluation batch
     num_workers: Union[int, str] = "auto"  # as train.num_workers
 
 
@@ -111,27 +117,30 @@ class EvalConfig:
 class SyntheticConfig:
     """The procedurally generated benchmark used by the demo (no download)."""
 
-    num_classes: int = 20
-    train_per_class: int = 48
-    val_per_class: int = 24
-    image_size: int = 32
+    num_classes: int = 20  # classes of the benchmark
+    train_per_class: int = 48  # training images per class
+    val_per_class: int = 24  # validation images per class
+    image_size: int = 32  # side of the square images
     seed: int = 0  # fixes the class prototypes; class offset picks a disjoint family of classes
-    class_offset: int = 0
+    class_offset: int = 0  # id of the first class
 
 
 @dataclass
 class DatasetConfig:
-    name: str = "folder"  # registered benchmark: folder, cifar100, imagenet_r, domainnet, synthetic
+    """The benchmark, its location and its cut into tasks."""
+
+    name: str = "folder"  # the benchmark
     root: Optional[str] = None  # ROOT with train/<class>/ and val/<class>/
-    num_tasks: int = 10
+    num_tasks: int = 10  # tasks; must divide the class count and leave >= 2 classes per task
     shuffle_classes: bool = True  # class order: sorted ids permuted by numpy PCG64(seed)
     class_order_seed: Optional[int] = None  # None: the run seed
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
     # decode each task's training images once into memory (uint8; the same pixels every read):
-    # auto = unless they would take more than half the available memory | true | false
+    # auto = unless they would take more than half the available memory
     cache: Union[bool, str] = "auto"
     # official: the benchmark's own (squash_crop for imagenet_r, domainnet, folder; resize for
-    # cifar100) | squash_crop | shorter_side_crop (aspect kept, not official) | resize
+    # cifar100); squash_crop: both sides to 256/224 x img_size, centre crop; shorter_side_crop:
+    # aspect kept, centre crop (not official); resize: both sides to img_size
     eval_transform: str = "official"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -145,21 +154,23 @@ class DemoPretrainConfig:
     exactly like a user's offline ViT-B weights.
     """
 
-    enabled: bool = False
+    enabled: bool = False  # the demo config turns it on
     seed: int = 0  # pretraining is independent of the run seed (one cached file serves all)
-    num_classes: int = 40
-    train_per_class: int = 40
+    num_classes: int = 40  # synthetic classes to pretrain on
+    train_per_class: int = 40  # images per class
     class_offset: int = 1000  # synthetic class ids start here: disjoint from the demo's tasks
-    epochs: int = 6
-    lr: float = 1e-3
-    batch_size: int = 64
+    epochs: int = 6  # pretraining epochs
+    lr: float = 1e-3  # AdamW lr of the whole small ViT
+    batch_size: int = 64  # pretraining batch
 
 
 @dataclass
 class Config:
-    name: str = "experiment"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    """The whole configuration of a run."""
+
+    name: str = "experiment"  # run name (default directory runs/<name>/<method>/seed<seed>); the config file's stem
+    seed: int = 0  # run seed; also the class-order seed unless dataset.class_order_seed is set
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     method: MethodConfig = field(default_factory=MethodConfig)

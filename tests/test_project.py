@@ -43,3 +43,16 @@ def test_production_code_reads_no_fault_variable():
     offenders = [f for f in files if not f.startswith("tests/")
                  and "SPLITLORA_FAULT" in (REPO / f).read_text()]
     assert offenders == []
+
+
+def test_config_reference_is_generated_from_the_schema_and_current():
+    """docs/config.md lists every key with its default; regenerate with tools/config_doc.py."""
+    import sys
+
+    from splitlora.config import Config, flatten, to_dict
+    sys.path.insert(0, str(REPO / "tools"))
+    import config_doc
+    current = (REPO / "docs" / "config.md").read_text()
+    assert current == config_doc.render(), "docs/config.md is stale: run python tools/config_doc.py"
+    for key in flatten(to_dict(Config())):
+        assert f"| `{key}` |" in current, key

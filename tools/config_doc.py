@@ -87,7 +87,19 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _section(cls: type, prefix: str, rows: list[str], sections: list[tuple[str, type]]) -> None:
+def _choices() -> dict[str, list[str]]:
+    """Key -> its allowed values: the validator's choices and the registries' names."""
+    from datasets import BENCHMARKS
+    from splitlora.learner import METHODS
+    out = {k: [str(v).lower() if isinstance(v, bool) else str(v) for v in vals]
+           for k, vals in schema._CHOICES.items()}
+    out["method.name"] = sorted(METHODS)
+    out["dataset.name"] = sorted(BENCHMARKS)
+    return out
+
+
+def _section(cls: type, prefix: str, rows: list[str], sections: list[tuple[str, type]],
+             choices: dict[str, list[str]]) -> None:
     hints = typing.get_type_hints(cls)
     notes = _comments(cls)
     for f in dataclasses.fields(cls):
@@ -97,23 +109,29 @@ def _section(cls: type, prefix: str, rows: list[str], sections: list[tuple[str, 
             sections.append((key, tp))
             continue
         flags = " *(resumable)*" if key in schema.RESUMABLE_KEYS else ""
-        rows.append(f"| `{key}` | {_default(f)} | {_escape(notes.get(f.name, ''))}{flags} |")
+        allowed = (" One of: " + ", ".join(f"`{c}`" for c in choices[key]) + ".") \
+            if key in choices else ""
+        note = notes.get(f.name, "")
+        if note and not note.endswith("."):
+            note += "."
+        rows.append(f"| `{key}` | {_default(f)} | {_escape(note)}{allowed}{flags} |")
 
 
 def render() -> str:
     """The whole of docs/config.md."""
     out = [HEADER]
+    choices = _choices()
     queue: list[tuple[str, type]] = [("", schema.Config)]
     while queue:
         name, cls = queue.pop(0)
         rows: list[str] = []
         nested: list[tuple[str, type]] = []
-        _section(cls, f"{name}." if name else "", rows, nested)
+        _section(cls, f"{name}." if name else "", rows, nested, choices)
         title = f"`{name}`" if name else "Top level"
         doc = inspect.getdoc(cls) if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "(") else ""
         out.append(f"\n## {title}\n")
         if doc:
-            out.append(f"\n{doc}\n")
+            out.append(f"\n{doc.replace('``', '`')}\n")
         if rows:
             out.append("\n| key | default | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n")
         queue[0:0] = nested
