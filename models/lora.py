@@ -61,7 +61,7 @@ class LoRAQKV(nn.Module):
         """(3w, n r): B of each target placed at its slice rows and its rank columns.
 
         One matmul z @ stacked_B^T and one add update every target slice at once, instead of
-        one in-place add per slice (docs/performance.md has the measurement).
+        one in-place add per slice.
         """
         n, w, r = self.lora_B.shape
         blocks = []
