@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -14,41 +15,15 @@ from typing import Any, Callable, Optional
 from .errors import WriteError
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _os_reason(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or -1)
     return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
 
 
-def atomic_write_bytes(path: Path, data: bytes,
-                       before_replace: Optional[Callable[[], None]] = None) -> None:
-    """Write ``data`` to ``path`` atomically. A failure to write (full disk, permissions) is a
-    :class:`WriteError` naming the file; the previous ``path``, if any, is left as it was."""
-    path = Path(path)
-    tmp = None
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise WriteError(f"cannot write {path}: {_os_reason(exc)}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
@@ -57,8 +32,50 @@ def atomic_write_bytes(path: Path, data: bytes,
         pass
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_replace(path: Path, write: Callable[[Path], None],
+                   before_replace: Optional[Callable[[], None]] = None,
+                   suffix: str = ".tmp") -> None:
+    """Make a new ``path`` through ``write(tmp)``, which creates the file (or link) ``tmp``
+    beside it, then rename ``tmp`` over ``path``. On any failure ``tmp`` is removed and
+    ``path`` is left as it was; errors propagate unchanged."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+    try:
+        write(tmp)
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+def _write_file(tmp: Path, data: bytes) -> None:
+    """A new file holding ``data``, flushed to disk (its mode follows the umask)."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes,
+                       before_replace: Optional[Callable[[], None]] = None,
+                       suffix: str = ".tmp") -> None:
+    """Write ``data`` to ``path`` atomically and durably. A failure to write (full disk,
+    permissions) is a :class:`WriteError` naming the file; the previous ``path``, if any, is
+    left as it was."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_replace(path, lambda tmp: _write_file(tmp, data), before_replace, suffix)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {_os_reason(exc)}") from None
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, suffix: str = ".tmp") -> None:
+    atomic_write_bytes(path, text.encode(), suffix=suffix)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

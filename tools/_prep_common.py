@@ -24,13 +24,15 @@ import datetime as _dt
 import errno
 import json
 import os
-import secrets
 import shutil
 import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: splitlora.fileio
+from splitlora.fileio import atomic_replace, atomic_write_text  # noqa: E402  (light: no torch)
 
 SPLITS: tuple[str, str] = ("train", "val")
 MODES: tuple[str, ...] = ("symlink", "hardlink", "copy")
@@ -237,29 +239,12 @@ def _is_tmp(name: str) -> bool:
 
 
 def _write_atomic(dest: Path, source: Source, mode: str) -> None:
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        source.write(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:  # only ever our own temporary file
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Place one image (a link, a hard link or a file) atomically."""
+    atomic_replace(dest, lambda tmp: source.write(tmp, mode), suffix=TMP_SUFFIX)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text, suffix=TMP_SUFFIX)
 
 
 def _nearest_existing(path: Path) -> Path:
