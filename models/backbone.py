@@ -188,9 +188,9 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise UnsupportedModelError(f"{label} is not a timm model; list them with "
-                              "timm.list_models('vit_*')") from None
-        raise UnsupportedModelError(f"{label} cannot be built with img_size {img_size} and model.kwargs "
-                          f"{kwargs or {}}: {exc}") from None
+                                        "timm.list_models('vit_*')") from None
+        raise UnsupportedModelError(f"{label} cannot be built with img_size {img_size} and "
+                                    f"model.kwargs {kwargs or {}}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a constructor rejecting its arguments
         try:
             with torch.device("meta"):
@@ -198,42 +198,44 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
         except Exception:  # noqa: BLE001
             bare = None
         if bare is not None and _qkv_layers(bare) is None:
-            raise UnsupportedModelError(f"{label} is a {type(bare).__name__}, not a Vision Transformer. "
-                              f"{SUPPORTED}") from None
-        raise UnsupportedModelError(f"{label} rejects its arguments (img_size {img_size}, model.kwargs "
-                          f"{kwargs or {}}): {type(exc).__name__}: {exc}. Fix model.kwargs") from None
+            raise UnsupportedModelError(f"{label} is a {type(bare).__name__}, not a Vision "
+                                        f"Transformer. {SUPPORTED}") from None
+        raise UnsupportedModelError(f"{label} rejects its arguments (img_size {img_size}, "
+                                    f"model.kwargs {kwargs or {}}): {type(exc).__name__}: {exc}. "
+                                    "Fix model.kwargs") from None
     layers = _qkv_layers(model)
     if layers is None:
-        raise UnsupportedModelError(f"{label} is a {type(model).__name__}, not a Vision Transformer with "
-                          f"transformer blocks. {SUPPORTED}")
+        raise UnsupportedModelError(f"{label} is a {type(model).__name__}, not a Vision "
+                                    f"Transformer with transformer blocks. {SUPPORTED}")
     for i, qkv in enumerate(layers):
         if not isinstance(qkv, nn.Linear) or qkv.out_features % 3:
             attn = getattr(model.blocks[i], "attn", None)
-            raise UnsupportedModelError(f"{label}: block {i} has no fused attn.qkv Linear (its attention is "
-                              f"{type(attn).__name__}). {SUPPORTED}")
+            raise UnsupportedModelError(f"{label}: block {i} has no fused attn.qkv Linear (its "
+                                        f"attention is {type(attn).__name__}). {SUPPORTED}")
     calls: set[int] = set()
     hooks = [q.register_forward_hook(lambda *_, i=i: calls.add(i)) for i, q in enumerate(layers)]
     x = torch.empty(1, 3, img_size, img_size, device="meta")  # the data: RGB, model.img_size
-    try:
-        with torch.no_grad():
-            model(x)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(f"{label} does not run on {img_size}x{img_size} RGB images (model.img_size) "
-                          f"with model.kwargs {kwargs or {}}: {type(exc).__name__}: {exc}") from None
+    _forward_or_refuse(model, x, f"{label} does not run on {img_size}x{img_size} RGB images "
+                                 f"(model.img_size) with model.kwargs {kwargs or {}}")
     for h in hooks:
         h.remove()
     if len(calls) < len(layers):
         attn = type(model.blocks[min(set(range(len(layers))) - calls)].attn).__name__
-        raise UnsupportedModelError(f"{label}: its attention ({attn}) does not call the attn.qkv layer (it "
-                          "reads attn.qkv.weight directly), so adapters on qkv would not act. "
-                          f"{SUPPORTED}")
+        raise UnsupportedModelError(f"{label}: its attention ({attn}) does not call the attn.qkv "
+                                    "layer (it reads attn.qkv.weight directly), so adapters on "
+                                    f"qkv would not act. {SUPPORTED}")
     inject_lora(model, 1, ("k", "v"))
+    _forward_or_refuse(model, x, f"{label} does not run with LoRA on attn.qkv", SUPPORTED)
+
+
+def _forward_or_refuse(model: nn.Module, x: Tensor, problem: str, advice: str = "") -> None:
+    """One forward pass; any failure is an :class:`UnsupportedModelError` saying ``problem``."""
     try:
         with torch.no_grad():
             model(x)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(f"{label} does not run with LoRA on attn.qkv ({type(exc).__name__}: "
-                          f"{exc}). {SUPPORTED}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the model raises means it cannot be used
+        raise UnsupportedModelError(f"{problem} ({type(exc).__name__}: {exc})"
+                                    + (f". {advice}" if advice else "")) from None
 
 
 def check_hub_reachable(name: str) -> None:
