@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Run one SplitLoRA experiment from a YAML config.
 
-    python main.py                                   # the demo (configs/demo.yaml), CPU, ~2 min
+    python main.py                                   # the demo (configs/demo.yaml), CPU, ~40 s
     python main.py --config configs/imagenet_r_10.yaml --set dataset.root=/data/imagenet-r
     python main.py --config FILE --set train.epochs=3 --set method.name=seq_lora --output DIR
 
-Outputs go to runs/<config name>/seed<seed>/ unless --output is given.
+Outputs go to runs/<config name>/<method>[+key=value...]/seed<seed>/ unless --output is
+given (every --set key except those a run may change when it continues is in the name).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--output", default=None, help="run directory (default runs/<name>/seed<seed>)")
+    p.add_argument("--output", default=None, help="run directory (default runs/<name>/<method>[+key=value...]/seed<seed>)")
     p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the run directory after its last completed task "

@@ -203,9 +203,9 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
                        float(loss_sum) / max(seen, 1),
                        100.0 * float(correct) / max(seen, 1), seen, seconds)
         stats.append(s)
-        log.info("task %d epoch %d/%d: lr %.2e loss %.4f train acc %.2f%% (%d images, %.1fs, "
-                 "%.0f img/s)", task, s.epoch, cfg.epochs, s.lr, s.loss, s.acc, s.images,
-                 s.seconds, s.images / max(s.seconds, 1e-9))
+        log.info("task %d epoch %d/%d: lr %.2e head lr %.2e loss %.4f train acc %.2f%% "
+                 "(%d images, %.1fs, %.0f img/s)", task, s.epoch, cfg.epochs, s.lr, s.head_lr,
+                 s.loss, s.acc, s.images, s.seconds, s.images / max(s.seconds, 1e-9))
     return stats
 
 

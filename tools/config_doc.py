@@ -34,7 +34,7 @@ checks that this file is current). Every default is the published protocol
 ([protocol.md](protocol.md)); a setting file in `configs/` only states what differs, and each
 run directory's `config.yaml` holds the resolved whole. Override any key on the command line
 with `--set KEY=VALUE` (the value is parsed as YAML: `--set train.milestones=[3,6]`,
-`--set model.kwargs={depth: 6}`); `python main.py --config FILE --print-config` prints the
+`--set 'model.kwargs={depth: 6}'`); `python main.py --config FILE --print-config` prints the
 resolved configuration. Unknown keys and bad values are refused before anything runs, with
 the closest known key suggested.
 

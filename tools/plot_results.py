@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pictures of finished (or running) runs, from their metrics.json.
 
-    python tools/plot_results.py runs/demo/seed0 runs/demo_seq_lora --out figures/
+    python tools/plot_results.py runs/demo/splitlora/seed0 runs/demo/seq_lora/seed0 --out figures/
 
 Writes three PNGs into --out:
   accuracy.png    accuracy over the seen tasks after each task (Acc_t), every run on one axis
