@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(also the default when a checkpoint of the same config is there)")
     p.add_argument("--force", action="store_true",
                    help="start from scratch even if the run directory holds a run (of this or "
-                        "another config); its checkpoint and metrics are replaced")
+                        "another config); the previous run's files are moved into <run dir>/replaced-<time>/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and exit")

@@ -26,12 +26,17 @@ class BadImageError(DataError):
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    """The class folders of a split: sub-directories, hidden ones (``.name``) excluded."""
+    return sorted(e.name for e in os.scandir(split_dir)
+                  if e.is_dir() and not e.name.startswith("."))
 
 
 def list_images(class_dir: Path) -> list[str]:
+    """The image files of a class folder: an image extension, not hidden, not a directory
+    (a broken link stays in the list, so that validation reports it)."""
     return sorted(e.name for e in os.scandir(class_dir)
-                  if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith("."))
+                  if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")
+                  and not e.is_dir())
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

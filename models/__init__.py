@@ -1,7 +1,7 @@
 """Backbones (timm ViTs), LoRA-wrapped qkv projections and task heads."""
 from .backbone import (ModelError, UnsupportedModelError, WeightsError, check_backbone,
                        create_backbone, file_sha256, hub_weights_file, load_backbone_weights,
-                       model_mean_std, pretrained_config, read_state_dict)
+                       load_error_reason, model_mean_std, pretrained_config, read_state_dict)
 from .continual_vit import ContinualViT
 from .heads import TaskHeads
 from .lora import LoRAQKV, inject_lora, lora_parameters
@@ -9,6 +9,6 @@ from .lora import LoRAQKV, inject_lora, lora_parameters
 __all__ = [
     "ContinualViT", "LoRAQKV", "ModelError", "TaskHeads", "UnsupportedModelError", "WeightsError",
     "check_backbone", "create_backbone", "file_sha256", "hub_weights_file", "inject_lora",
-    "load_backbone_weights", "lora_parameters", "model_mean_std", "pretrained_config",
-    "read_state_dict",
+    "load_backbone_weights", "load_error_reason", "lora_parameters", "model_mean_std",
+    "pretrained_config", "read_state_dict",
 ]

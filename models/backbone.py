@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,6 +40,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def load_error_reason(exc: BaseException) -> str:
+    """One short line for why ``torch.load(weights_only=True)`` (or safetensors) failed on a
+    file, without the reader's advice to turn safe loading off."""
+    text = str(exc)
+    found = re.search(r"unsupported GLOBAL (\S+)", text)
+    if found:
+        return (f"it holds pickled Python objects ({found.group(1)}), not only tensors; they "
+                "are never executed or loaded")
+    found = re.search(r"Unsupported operand (\S+)", text)
+    if found or "Weights only load failed" in text:
+        return "it is not a torch file of tensors (unreadable pickle data)"
+    if "central directory" in text or "zip archive" in text:
+        return "it is not a complete torch archive (truncated or damaged)"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return f"{type(exc).__name__}: {first[:160].rstrip('.')}"
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read weights without executing pickled code: safetensors, or torch.load(weights_only=True).
 
@@ -54,7 +72,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
-        raise WeightsError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}. "
+        raise WeightsError(f"cannot read weights file {path}: {load_error_reason(exc)}. "
                            "Is it a complete .safetensors or torch state-dict file?") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):

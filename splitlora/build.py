@@ -46,6 +46,8 @@ def check_names(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
     check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
+    from .pretrain import check_demo_backbone
+    check_demo_backbone(cfg)
 
 
 def build_model(cfg: Config, device: torch.device) -> ContinualViT:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from models import load_error_reason
+
 from .errors import UserError
 from .fileio import atomic_write_bytes
 
@@ -47,9 +49,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle, ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {reason[:200]}). It is "
+            f"checkpoint {path} cannot be read ({load_error_reason(exc)}). It is "
             "damaged or not a checkpoint of this project; it was left untouched. Move it away to "
             "restart the run from scratch, or point --output at another directory.") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:

@@ -142,9 +142,8 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     exp.build()  # weights: errors here still leave the run directory untouched
     if ckpt is not None:
         exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)
-    elif args.force and main_process:  # a fresh start replaces the previous run's state
-        for name in (CHECKPOINT_NAME, "metrics.json"):
-            (out / name).unlink(missing_ok=True)
+    elif args.force and main_process:  # a fresh start: the previous run's files move aside
+        set_aside_previous_run(out)
     exp.session_changes = changes
     session["started"] = True  # from here on the directory holds a run: the lock file stays
     exp.start()
@@ -159,6 +158,31 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     if main_process:
         print_report(metrics, out)
     return 0
+
+
+RUN_FILES = ("checkpoint.pt", "metrics.json", "config.yaml", "env.json", "log.txt")
+
+
+def set_aside_previous_run(out: Path) -> Optional[Path]:
+    """``--force``: move the previous run's files into ``out/replaced-<UTC time>/`` (nothing is
+    deleted: a forced run that then fails, e.g. on an unreadable image, loses nothing).
+    Returns that folder, or None when there was nothing to move."""
+    present = [name for name in RUN_FILES if (out / name).is_file()]
+    if not present:
+        return None
+    import time
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    dest = out / f"replaced-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out / f"replaced-{stamp}-{n}"
+    dest.mkdir()
+    for name in present:
+        os.replace(out / name, dest / name)
+    log.warning("--force: the previous run's files (%s) were moved to %s; delete that folder "
+                "when you no longer need them", ", ".join(present), dest)
+    return dest
 
 
 def checkpoint_note(out: Path, num_tasks: int) -> str:
@@ -187,6 +211,9 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.print_config:
             print(dump_yaml(cfg), end="")
             return 0
+        if args.output is not None and not args.output.strip():
+            raise ConfigError("--output is empty: give a run directory, or leave --output out "
+                              "for the default runs/<name>/<method>/seed<seed>")
         out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
         check_output_dir(out)
         from .runlock import RunLock

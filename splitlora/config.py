@@ -15,6 +15,7 @@ import re
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -218,13 +219,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}' = {value!r} is invalid: must be a finite "
+                                  "number")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -321,7 +328,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
+        node, cls = data, Config
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
@@ -329,9 +336,34 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             elif not isinstance(child, dict):
                 raise ConfigError(f"bad override {text!r}: '{'.'.join(parts[:i + 1])}' is not a "
                                   "section")
-            node = child
-        node[parts[-1]] = value
+            node, cls = child, _section_type(cls, part)
+        section = _section_type(cls, parts[-1])
+        if section is not None:  # a whole section: merged key by key, never reset to defaults
+            if not isinstance(value, dict):
+                raise ConfigError(f"bad override {text!r}: '{'.'.join(parts)}' is a section; set "
+                                  f"its keys ({'.'.join(parts)}.KEY=VALUE) or give a mapping "
+                                  "of them")
+            node[parts[-1]] = _merge(node.get(parts[-1]) or {}, value)
+        else:
+            node[parts[-1]] = value
     return data
+
+
+def _section_type(cls: Optional[type], name: str) -> Optional[type]:
+    """The dataclass of section ``name`` of ``cls`` (None if it is a plain key, or unknown)."""
+    if cls is None:
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    return tp if tp is not None and _is_dataclass_type(tp) else None
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """``update`` merged into a copy of ``base``, nested mappings key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -345,6 +377,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--config {path} is a directory; give a YAML file, e.g. "
+                          "configs/imagenet_r_10.yaml")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (see configs/ for the provided ones)")
     try:
@@ -455,6 +490,10 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     _check(cfg.dataset.num_tasks >= 1, "dataset.num_tasks", cfg.dataset.num_tasks, "must be >= 1")
     _check(cfg.model.img_size >= 8, "model.img_size", cfg.model.img_size, "must be >= 8")
+    _check(bool(cfg.name) and cfg.name not in (".", "..") and "/" not in cfg.name
+           and "\\" not in cfg.name and "\0" not in cfg.name, "name", cfg.name,
+           "must be a plain folder name (no '/'; it names runs/<name>/): use --output to "
+           "choose another place")
     _check(_DEVICE.fullmatch(cfg.device) is not None, "device", cfg.device,
            "must be auto, cpu, cuda or cuda:N with N a GPU index (e.g. cuda:0)")
     seeds = {"seed": cfg.seed, "dataset.class_order_seed": cfg.dataset.class_order_seed,

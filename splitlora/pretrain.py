@@ -5,8 +5,10 @@ loaded from there, the same path a user with offline ViT-B weights takes.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,18 +19,58 @@ from datasets import SyntheticImageSet, TaskDataset
 from datasets import transforms as tf
 from models import create_backbone
 
-from .config import Config
+from .config import Config, ConfigError
 from .engine import make_loader
 from .fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
-def save_safetensors_atomic(state: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+RECIPE_KEY = "splitlora_demo_recipe"  # the one metadata entry of a demo backbone file
+
+
+def demo_recipe(cfg: Config) -> str:
+    """Everything the demo backbone's weights depend on, as canonical JSON."""
+    m, syn = cfg.model, cfg.dataset.synthetic
+    return json.dumps({"demo_pretrain": {k: v for k, v in asdict(cfg.demo_pretrain).items()
+                                         if k != "enabled"},
+                       "model": {"name": m.name, "img_size": m.img_size, "kwargs": m.kwargs,
+                                 "fused_attn": m.fused_attn},
+                       "synthetic": {"image_size": syn.image_size, "seed": syn.seed}},
+                      sort_keys=True)
+
+
+def save_backbone(state: dict[str, torch.Tensor], path: Path, recipe: str) -> None:
+    """Write ``state`` as safetensors (atomically) with the recipe as its one metadata entry.
+    One entry keeps the bytes a function of the tensors and the recipe: safetensors writes
+    several entries in a per-process order, which would give identical weights another
+    SHA-256 (the weights fingerprint a resumed run is checked against)."""
     from safetensors.torch import save
     data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                metadata={k: str(v) for k, v in metadata.items()})
+                metadata={RECIPE_KEY: recipe})
     atomic_write_bytes(path, data)
+
+
+def check_demo_backbone(cfg: Config) -> None:
+    """Refuse a cached demo backbone that was pretrained with another recipe (another
+    ``demo_pretrain``, model or synthetic image size) than this config asks for."""
+    path = Path(cfg.model.pretrained_file or "")
+    if not (cfg.demo_pretrain.enabled and cfg.model.pretrained_file and path.is_file()):
+        return
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(RECIPE_KEY)
+    except Exception:  # not safetensors: create_backbone reports what is wrong with it
+        return
+    if recorded is not None and recorded != demo_recipe(cfg):
+        old, new = json.loads(recorded), json.loads(demo_recipe(cfg))
+        diff = [f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {v!r}"
+                for section, keys in new.items() for k, v in keys.items()
+                if old.get(section, {}).get(k) != v]
+        raise ConfigError(f"the demo backbone {path} was pretrained with another recipe than this "
+                          f"config asks for ({'; '.join(diff)}); delete it to pretrain again, or "
+                          "set model.pretrained_file to another path")
 
 
 def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device) -> None:
@@ -67,7 +109,5 @@ def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device) -
         log.info("demo pretraining epoch %d/%d: loss %.3f train acc %.1f%%", epoch + 1, p.epochs,
                  loss.item(), 100.0 * correct / max(seen, 1))
     torch.random.set_rng_state(gen_state)
-    save_safetensors_atomic(backbone.state_dict(), path,
-                            {"source": "splitlora demo pretraining", "model": cfg.model.name,
-                             "classes": f"synthetic {p.class_offset}..{p.class_offset + p.num_classes - 1}"})
+    save_backbone(backbone.state_dict(), path, demo_recipe(cfg))
     log.info("demo backbone pretrained in %.1fs and saved to %s", time.perf_counter() - t0, path)

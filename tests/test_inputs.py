@@ -1,0 +1,176 @@
+"""Inputs a hostile review found mishandled: section overrides, non-finite numbers, run names
+that are paths, unreadable files described in one line, hidden and odd entries in dataset
+folders, a forced restart that loses nothing, and the demo backbone's fingerprint."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from datasets.folder import list_class_dirs, list_images
+from models import WeightsError, read_state_dict
+from splitlora.checkpoint import CheckpointError, load_checkpoint
+from splitlora.config import ConfigError, load_config
+from tests.conftest import main_inprocess
+from tests.test_resilience import _args
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+# ------------------------------------------------------------------------------ config values
+
+def test_a_section_override_merges_into_the_section():
+    base = load_config(DEMO)
+    cfg = load_config(DEMO, ["train={epochs: 3}"])
+    assert cfg.train.epochs == 3
+    # every other key of the section keeps the file's value, not the schema default
+    for key in ("lr", "milestones", "batch_size", "expand_times", "num_workers"):
+        assert getattr(cfg.train, key) == getattr(base.train, key), key
+    nested = load_config(DEMO, ["dataset={synthetic: {num_classes: 8}}"])
+    assert nested.dataset.synthetic.num_classes == 8
+    assert nested.dataset.synthetic.image_size == base.dataset.synthetic.image_size
+    assert nested.dataset.name == base.dataset.name
+
+
+@pytest.mark.parametrize("override", ["model=null", "train=3", "dataset.synthetic=[1, 2]"])
+def test_a_section_cannot_be_replaced_by_a_value(override):
+    with pytest.raises(ConfigError, match="is a section"):
+        load_config(DEMO, [override])
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "inf", "1e400", "nan"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match="'train.lr' .* must be a finite number"):
+        load_config(DEMO, [f"train.lr={value}"])
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".", "..", ""])
+def test_run_name_must_be_a_plain_folder_name(name):
+    with pytest.raises(ConfigError, match="'name' .* plain folder name"):
+        load_config(DEMO, [f"name={name!r}" if name else "name=''"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--output", ""], ["--output is empty"]),
+    (["--output", "  "], ["--output is empty"]),
+    (["--config", "."], ["is a directory", "YAML file"]),
+])
+def test_cli_refuses_empty_output_and_a_directory_as_config(tmp_path, args, words):
+    proc = main_inprocess(args, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and all(w in err[0] for w in words), proc.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written (no runs/ folder either)
+
+
+# ------------------------------------------------------------------------ unreadable files
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo never",))
+
+
+@pytest.mark.parametrize("content, words", [
+    ("pickle", ["pickled Python objects", "never executed"]),
+    ("truncated", ["not a complete torch archive"]),
+    ("garbage", ["not a torch file"]),
+])
+def test_unreadable_checkpoints_and_weights_are_one_plain_line(tmp_path, content, words):
+    path = tmp_path / "file.pt"
+    if content == "pickle":
+        torch.save({"x": _Payload()}, path)
+    elif content == "truncated":
+        torch.save({"a": torch.zeros(1000)}, path)
+        path.write_bytes(path.read_bytes()[:600])
+    else:
+        path.write_bytes(b"garbage" * 20)
+    for reader, error in ((load_checkpoint, CheckpointError), (read_state_dict, WeightsError)):
+        with pytest.raises(error) as info:
+            reader(path)
+        message = str(info.value)
+        assert "\n" not in message and all(w in message for w in words), message
+        # torch's advice to turn safe loading off must not reach the user
+        assert "weights_only" not in message and "file an issue" not in message
+
+
+# ------------------------------------------------------------------- dataset folder entries
+
+def test_hidden_folders_are_not_classes_and_folders_are_not_images(tmp_path):
+    split = tmp_path / "train"
+    for name in ("cat", "dog", ".ipynb_checkpoints", ".hidden"):
+        (split / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(split / "cat" / "0.jpg")
+    (split / "cat" / "dir.jpg").mkdir()  # a folder with an image's name
+    (split / "cat" / ".1.jpg").write_bytes(b"hidden")
+    (split / "cat" / "gone.jpg").symlink_to(tmp_path / "moved.jpg")  # broken: validation reports it
+    assert list_class_dirs(split) == ["cat", "dog"]
+    assert list_images(split / "cat") == ["0.jpg", "gone.jpg"]
+
+
+# ------------------------------------------------------------------- --force loses nothing
+
+def test_force_moves_the_previous_run_aside_and_a_failing_forced_run_loses_nothing(tmp_path):
+    args = _args(["dataset.num_tasks=2"], epochs=1) + ["--output", "run"]
+    assert main_inprocess(args, tmp_path).returncode == 0
+    run = tmp_path / "run"
+    before = {n: (run / n).read_bytes() for n in ("checkpoint.pt", "metrics.json", "config.yaml")}
+    # a forced restart that fails after it started (here: its images cannot be decoded)
+    bad = args + ["--force", "--set", "dataset.name=folder", "--set",
+                  f"dataset.root={_folder_with_an_empty_image(tmp_path / 'data')}"]
+    proc = main_inprocess(bad, tmp_path)
+    assert proc.returncode == 2 and "cannot read image" in proc.stderr, proc.stderr[-2000:]
+    kept = [p for p in run.iterdir() if p.name.startswith("replaced-")]
+    assert len(kept) == 1 and "were moved to" in (run / "log.txt").read_text()
+    assert {n: (kept[0] / n).read_bytes() for n in before} == before
+    assert not (run / "checkpoint.pt").exists()  # the failed run left no state of its own
+
+
+def _folder_with_an_empty_image(root: Path) -> Path:
+    for split in ("train", "val"):
+        for k, c in enumerate("abcd"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4 if split == "train" else 2):
+                Image.new("RGB", (16, 16), (60 * k, 20 * i, 90)).save(root / split / c / f"{i}.png")
+    (root / "train" / "a" / "9.png").write_bytes(b"")  # unreadable, found when decoded
+    return root
+
+
+# ------------------------------------------------------------------- demo backbone identity
+
+_SAVE = """
+import hashlib, sys, torch
+from splitlora.pretrain import save_backbone
+torch.manual_seed(0)
+state = {f"blocks.{i}.w": torch.randn(4, 4) for i in range(6)}
+save_backbone(state, __import__("pathlib").Path(sys.argv[1]), '{"recipe": 1}')
+"""
+
+
+def test_identical_demo_weights_give_identical_files_in_every_process(tmp_path):
+    """The file's SHA-256 is a resumed run's weights fingerprint: it must not depend on the
+    process that wrote it (safetensors orders several metadata entries per process)."""
+    repo = Path(__file__).resolve().parents[1]
+    digests = set()
+    for i in range(2):
+        subprocess.run([sys.executable, "-c", _SAVE, str(tmp_path / f"{i}.safetensors")],
+                       cwd=repo, check=True, env={**os.environ, "PYTHONHASHSEED": str(i + 1)})
+        digests.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(digests) == 1
+
+
+def test_a_cached_demo_backbone_of_another_recipe_is_refused(tmp_path):
+    from splitlora.pretrain import check_demo_backbone, demo_recipe, save_backbone
+    cfg = load_config(DEMO, [f"model.pretrained_file={tmp_path / 'b.safetensors'}"])
+    save_backbone({"w": torch.zeros(2)}, Path(cfg.model.pretrained_file), demo_recipe(cfg))
+    check_demo_backbone(cfg)  # the same recipe: accepted
+    other = load_config(DEMO, [f"model.pretrained_file={cfg.model.pretrained_file}",
+                               "demo_pretrain.epochs=1"])
+    with pytest.raises(ConfigError, match=r"demo_pretrain.epochs: 6 -> 1.*delete it"):
+        check_demo_backbone(other)
+    json.loads(demo_recipe(other))  # canonical JSON
