@@ -15,10 +15,10 @@ process in OUTPUT/runs/<setting>/seed<seed>/ (other methods than splitlora in
 OUTPUT/runs/<setting>/<method>/seed<seed>/); one run per GPU at a time (CPU when none), a
 queue over the rest. --set applies to every run; the keys reproduce.py sets per run (name,
 method.name, seed, dataset.name, dataset.num_tasks, dataset.root) are refused: choose them
-with --suite, --only, --seeds and --data-root. A run whose metrics.json is complete is skipped, so an interrupted
-reproduction continues where it stopped. Ctrl-C, SIGTERM or SIGHUP stop the running runs
-(each keeps its completed tasks) and wait for them; running the same command again resumes
-them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
+with --suite, --only, --seeds and --data-root. A run whose metrics.json is complete is
+skipped, so an interrupted reproduction continues where it stopped. Ctrl-C, SIGTERM or
+SIGHUP stop the running runs (each keeps its completed tasks) and wait for them; running the
+same command again resumes them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
 the paper's figures where it has some.
 """
 from __future__ import annotations
