@@ -18,8 +18,8 @@ method.name, seed, dataset.name, dataset.num_tasks, dataset.root) are refused: c
 with --suite, --only, --seeds and --data-root. A run whose metrics.json is complete is
 skipped, so an interrupted reproduction continues where it stopped. Ctrl-C, SIGTERM or
 SIGHUP stop the running runs (each keeps its completed tasks) and wait for them; running the
-same command again resumes them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
-the paper's figures where it has some.
+same command again resumes them. OUTPUT/<table>.md and .csv (summary, ablation, compare,
+demo) hold the table, beside the paper's figures where it has some.
 """
 from __future__ import annotations
 
