@@ -453,7 +453,8 @@ def test_a_row_never_averages_two_runs_of_one_seed(tmp_path):
             for m, s in (("m0", 0), ("m1", 0), ("m2", 0), ("m3", 1))]
     (row,) = collect_rows(plan)
     assert row.seeds == [0] and len(row.runs) == 1
-    assert row.as_dict(False)["final_acc_mean"] == 90.0 and row.as_dict(False)["final_acc_std"] is None
+    figures = row.as_dict(False)
+    assert figures["final_acc_mean"] == 90.0 and figures["final_acc_std"] is None
 
 
 # ------------------------------------------------------------------ --gpus
