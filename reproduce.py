@@ -13,17 +13,20 @@ Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of
 tools/split_*.py scripts), each overridable. Every run is an independent ``main.py``
 process in OUTPUT/runs/<setting>/seed<seed>/ (other methods than splitlora in
 OUTPUT/runs/<setting>/<method>/seed<seed>/); one run per GPU at a time (CPU when none), a
-queue over the rest. A run whose metrics.json is complete is skipped, so an interrupted
-reproduction continues where it stopped. Ctrl-C, SIGTERM or SIGHUP stop the running runs
-(each keeps its completed tasks) and wait for them; running the same command again resumes
-them. OUTPUT/<table>.md and .csv (summary, ablation, compare, demo) hold the table, beside
-the paper's figures where it has some.
+queue over the rest. --set applies to every run; the keys reproduce.py sets per run (name,
+method.name, seed, dataset.name, dataset.num_tasks, dataset.root) are refused: choose them
+with --suite, --only, --seeds and --data-root. A run whose metrics.json is complete is
+skipped, so an interrupted reproduction continues where it stopped. Ctrl-C, SIGTERM or
+SIGHUP stop the running runs (each keeps its completed tasks) and wait for them; running the
+same command again resumes them. OUTPUT/<table>.md and .csv (summary, ablation, compare,
+demo) hold the table, beside the paper's figures where it has some.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import queue
+import re
 import shlex
 import signal
 import subprocess
@@ -37,7 +40,7 @@ from typing import Optional
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
-from splitlora.config import ConfigError, config_hash, load_config  # noqa: E402
+from splitlora.config import ConfigError, config_hash, load_config, parse_override  # noqa: E402
 from splitlora.results import collect_rows, load_published, read_metrics, write_summary  # noqa: E402
 
 # Signals that stop a reproduction, and what each run is sent in turn (a run stops after
@@ -50,6 +53,21 @@ DATA_TOOLS = {
                   "--train-list imagenet_r_train.txt --val-list imagenet_r_val.txt",
     "domainnet": "python tools/split_domainnet.py --src DOMAINNET_RAW --dst {root} "
                  "--train-list sdomain_train.txt --val-list sdomain_val.txt",
+}
+
+# Config keys that reproduce.py sets for each run itself (through the setting's config file,
+# the suite's methods, the seeds and the data roots), and what chooses them instead of --set.
+PER_RUN_KEYS = {
+    "name": "the setting's name, from its config file; choose settings with --suite / --only",
+    "method.name": "each method of the suite in turn; choose methods with --suite and settings "
+                   "with --only",
+    "seed": "each seed in turn; choose seeds with --seeds",
+    "dataset.name": "the setting's benchmark, from its config file; choose settings with --suite "
+                    "/ --only",
+    "dataset.num_tasks": "the setting's number of tasks, from its config file; choose settings "
+                         "with --suite / --only",
+    "dataset.root": "the setting's data folder; give it with --data-root (or --cifar100-root / "
+                    "--imagenet-r-root / --domainnet-root)",
 }
 
 
@@ -99,7 +117,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="run seeds (default 0); a repeated seed runs once")
     p.add_argument("--gpus", default=None,
-                   help="comma-separated GPU ids (default: every visible GPU; 'cpu' for none)")
+                   help="comma-separated GPU indices as this process sees them, i.e. counted "
+                   "within CUDA_VISIBLE_DEVICES when it is set (default: every visible GPU, CPU "
+                   "when there is none; 'cpu' for none)")
     p.add_argument("--gpus-per-run", type=int, default=1,
                    help="GPUs (torchrun data-parallel processes) given to each run")
     p.add_argument("--cpu-jobs", type=int, default=1,
@@ -107,7 +127,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed to every run (repeatable)")
+                   help="config override passed to every run (repeatable); not for the keys "
+                   "reproduce.py sets per run: " + ", ".join(PER_RUN_KEYS))
     p.add_argument("--output", default="results", help="results folder (default: results)")
     args = p.parse_args(argv)
     for flag in ("seeds", "only"):  # one run directory has one writer: repeats run once
@@ -119,6 +140,22 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                   + f"; each runs once ({' '.join(str(v) for v in unique)})", file=sys.stderr)
             setattr(args, flag, unique)
     return args
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse a ``--set`` of a key that reproduce.py sets for each run (or of a section holding
+    one): it would silently make every run the same, or be overridden per run."""
+    for text in overrides:
+        parts, _ = parse_override(text)
+        key = ".".join(parts)
+        for controlled, instead in PER_RUN_KEYS.items():
+            if key == controlled:
+                raise ConfigError(f"--set {text}: reproduce.py sets {key} for each run itself "
+                                  f"({instead})")
+            if controlled.startswith(key + "."):
+                raise ConfigError(f"--set {text}: the section {key!r} holds {controlled}, which "
+                                  f"reproduce.py sets for each run itself ({instead}); set the "
+                                  f"section's other keys one by one (--set {key}.KEY=VALUE)")
 
 
 def data_roots(args: argparse.Namespace) -> dict[str, Path]:
@@ -209,22 +246,73 @@ def check_data(plan: list[Run]) -> list[str]:
     return problems
 
 
-def gpu_slots(spec: Optional[str], cpu_jobs: int = 1, per_run: int = 1) -> list[str]:
-    """Device slots: groups of ``per_run`` GPU ids ('0,1'), or ``cpu_jobs`` x 'cpu'."""
-    ids: list[str] = []
+def parse_gpus(spec: str) -> list[str]:
+    """``--gpus`` -> GPU indices ('cpu' -> none); ConfigError on anything but 'cpu' or
+    comma-separated non-negative integers."""
+    entries = [g.strip() for g in spec.split(",")]
+    if entries == ["cpu"]:
+        return []
+    bad = [g for g in entries if not re.fullmatch(r"[0-9]+", g)]
+    if bad:
+        raise ConfigError(f"--gpus {spec!r}: " + ", ".join(repr(b) for b in bad)
+                          + (" is not a GPU index" if len(bad) == 1 else " are not GPU indices")
+                          + "; give comma-separated non-negative integers (e.g. --gpus 0,1) or "
+                          "--gpus cpu")
+    return [str(int(g)) for g in entries]
+
+
+def visible_gpu_count() -> int:
+    """GPUs this process can use (0 without CUDA)."""
+    try:
+        import torch
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA setup has no usable GPU
+        return 0
+
+
+def check_gpus(ids: list[str], dry_run: bool) -> Optional[str]:
+    """Refuse GPU indices this machine does not have (ConfigError); under ``dry_run``, where
+    planning for another machine is legitimate, return a note instead (None when all exist)."""
+    count = visible_gpu_count()
+    missing = [g for g in ids if int(g) >= count]
+    if not missing:
+        return None
+    have = ("no GPU is visible here (CUDA unavailable)" if count == 0 else
+            f"this machine has {count} visible GPU(s), indices 0-{count - 1}")
+    what = f"--gpus {','.join(ids)}: GPU " + ", ".join(missing) + f" not found; {have}"
+    if dry_run:
+        return f"note: {what}; the plan is for another machine"
+    raise ConfigError(f"{what}; use --gpus cpu"
+                      + ("" if count == 0 else f" or indices below {count}")
+                      + " (or --dry-run to plan for another machine)")
+
+
+def cuda_visible(slot: str) -> str:
+    """CUDA_VISIBLE_DEVICES for a run on ``slot`` (indices as this process sees them): mapped
+    through this process's own CUDA_VISIBLE_DEVICES when it is set, which a child would
+    otherwise read as physical indices."""
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if parent is None:
+        return slot
+    entries = [e.strip() for e in parent.split(",")]
+    return ",".join(entries[int(i)] if int(i) < len(entries) else i for i in slot.split(","))
+
+
+def gpu_slots(spec: Optional[str], cpu_jobs: int = 1, per_run: int = 1,
+              dry_run: bool = False) -> tuple[list[str], Optional[str]]:
+    """Device slots: groups of ``per_run`` GPU indices ('0,1'), or ``cpu_jobs`` x 'cpu'; and a
+    note for a dry run that names GPUs this machine lacks."""
+    note = None
     if spec is not None:
-        ids = [g.strip() for g in spec.split(",") if g.strip() and g.strip() != "cpu"]
-    else:
-        try:
-            import torch
-            ids = [str(i) for i in range(torch.cuda.device_count())]
-        except Exception:  # noqa: BLE001
-            ids = []
+        ids = parse_gpus(spec)
+        note = check_gpus(ids, dry_run)
+    else:  # every visible GPU; CPU when there is none
+        ids = [str(i) for i in range(visible_gpu_count())]
     if not ids:
-        return ["cpu"] * max(1, cpu_jobs)
+        return ["cpu"] * max(1, cpu_jobs), note
     if len(ids) < per_run:
         raise ConfigError(f"--gpus-per-run {per_run} but only {len(ids)} GPU(s): {','.join(ids)}")
-    return [",".join(ids[i:i + per_run]) for i in range(0, len(ids) - per_run + 1, per_run)]
+    return [",".join(ids[i:i + per_run]) for i in range(0, len(ids) - per_run + 1, per_run)], note
 
 
 def print_plan(plan: list[Run], slots: list[str]) -> None:
@@ -239,7 +327,8 @@ def print_plan(plan: list[Run], slots: list[str]) -> None:
     width = max(len(r.setting) for r in plan)
     mwidth = max(len(r.method) for r in plan)
     for run in plan:
-        env = "" if run.device in ("cpu", "-") else f"CUDA_VISIBLE_DEVICES={run.device[5:]} "
+        env = ("" if run.device in ("cpu", "-") else
+               f"CUDA_VISIBLE_DEVICES={cuda_visible(run.device[5:])} ")
         print(f"{run.setting:<{width}}  {run.method:<{mwidth}}  seed {run.seed}  {run.device:<7} {run.status:<8} "
               f"{run.out_dir}  {env}{shlex.join(run.main_command())}"
               + (f"  [{run.detail}]" if run.detail else ""))
@@ -303,7 +392,7 @@ def execute(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[i
                 return
             env = dict(os.environ)
             if slot != "cpu":
-                env["CUDA_VISIBLE_DEVICES"] = slot
+                env["CUDA_VISIBLE_DEVICES"] = cuda_visible(slot)
             elif len(slots) > 1:  # share the cores between concurrent CPU runs
                 env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
             run.device = "cpu" if slot == "cpu" else f"cuda:{slot}"
@@ -375,6 +464,7 @@ SUITE_TITLES = {"main": "SplitLoRA reproduction", "ablation": "Ablation: choice 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
+        check_overrides(args.overrides)
         published = load_published()
         plan = build_plan(args, published)
         for run in plan:
@@ -387,10 +477,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
     try:
-        slots = gpu_slots(args.gpus, args.cpu_jobs, args.gpus_per_run)
+        slots, gpu_note = gpu_slots(args.gpus, args.cpu_jobs, args.gpus_per_run, args.dry_run)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if gpu_note:
+        print(gpu_note, file=sys.stderr)
     for run in plan:
         run.procs = 1 if slots[0] == "cpu" else args.gpus_per_run
     conflicts = [r for r in plan if r.status == "conflict"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Iterable, Optional
 import yaml
 
 from .fileio import atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "configs" / "published.yaml"
 
@@ -90,22 +93,31 @@ class Row:
 
 def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
     """Rows from (setting, method, seed, run dir, paper figures), keeping the plan's order.
-    A run directory listed twice counts once."""
+    A run directory listed twice counts once, and so does a seed: a row averages runs of
+    distinct seeds only (the seed a run's metrics.json records, else the planned one); a
+    further run of a seed already in its row is left out with a warning."""
     rows: dict[tuple[str, str], Row] = {}
     seen: set[Path] = set()
     for setting, method, seed, run_dir, paper in plan:
         row = rows.setdefault((setting, method), Row(setting, method, paper=paper))
         metrics = read_metrics(run_dir)
         key = Path(run_dir).resolve()
-        if metrics is not None and key not in seen:
-            seen.add(key)
-            env = read_env(run_dir)
-            metrics = dict(metrics, forgetting=run_forgetting(metrics),
-                           wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
-                           peak_gpu_mem_gib=env.get("peak_gpu_mem_gib"),
-                           peak_rss_gib=env.get("peak_rss_gib"))
-            row.seeds.append(seed)
-            row.runs.append(metrics)
+        if metrics is None or key in seen:
+            continue
+        seen.add(key)
+        recorded = metrics.get("seed")
+        run_seed = recorded if isinstance(recorded, int) else seed
+        if run_seed in row.seeds:
+            log.warning("%s: a second run of seed %s for %s / %s left out of the table (each "
+                        "seed counts once)", run_dir, run_seed, setting, method)
+            continue
+        env = read_env(run_dir)
+        metrics = dict(metrics, forgetting=run_forgetting(metrics),
+                       wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
+                       peak_gpu_mem_gib=env.get("peak_gpu_mem_gib"),
+                       peak_rss_gib=env.get("peak_rss_gib"))
+        row.seeds.append(run_seed)
+        row.runs.append(metrics)
     return list(rows.values())
 
 

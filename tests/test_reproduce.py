@@ -410,3 +410,107 @@ def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(re
     joint = next(ln for ln in md.splitlines() if ln.startswith("| imagenet_r_5 | joint |"))
     assert joint.split(" | ")[5] == "–"  # joint training has no forgetting
     assert "±" not in md.split("\n| ", 1)[1]
+
+
+# ------------------------------------------------------------------ keys reproduce.py sets per run
+
+@pytest.mark.parametrize("override, key, instead", [
+    ("method.name=joint", "method.name", "--suite"),
+    ("seed=5", "seed", "--seeds"),
+    ("name=mine", "name", "--only"),
+    ("dataset.name=cifar100", "dataset.name", "--only"),
+    ("dataset.num_tasks=5", "dataset.num_tasks", "--only"),
+    ("dataset.root=/elsewhere", "dataset.root", "--data-root"),
+    ("method={name: joint}", "method.name", "--set method.KEY=VALUE"),  # a whole section
+])
+def test_set_of_a_key_reproduce_sets_per_run_is_refused(tmp_path, override, key, instead):
+    for mode in (["--suite", "demo", "--dry-run"],  # would have planned six copies of one run
+                 ["--only", "cifar100_10", "--data-root", str(tmp_path / "none")]):
+        proc = reproduce_inprocess(*mode, "--gpus", "cpu", "--output", "out", "--set", override,
+                                   *_tiny_sets(), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stdout
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --set {override}: ")
+        assert key in lines[0] and instead in lines[0] and proc.stdout == ""
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_other_keys_of_the_per_run_sections_may_be_set(tmp_path):
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", "cpu", "--set",
+                               "method.threshold=0.9", "--set", "dataset.shuffle_classes=false",
+                               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert len(lines) == 6 and all("method.threshold=0.9" in ln for ln in lines)
+
+
+def test_a_row_never_averages_two_runs_of_one_seed(tmp_path):
+    runs = tmp_path / "runs"
+    for i, method in enumerate(["m0", "m1", "m2"]):  # three copies of seed 0 in three folders
+        _fake_run(runs / method / "seed0", 0, 90.0 + i, 95.0, 1.0)
+    _fake_run(runs / "m3" / "seed1", 0, 50.0, 60.0, 1.0)  # planned as seed 1, ran seed 0
+    plan = [("demo", "joint", s, runs / m / f"seed{s}", {})
+            for m, s in (("m0", 0), ("m1", 0), ("m2", 0), ("m3", 1))]
+    (row,) = collect_rows(plan)
+    assert row.seeds == [0] and len(row.runs) == 1
+    figures = row.as_dict(False)
+    assert figures["final_acc_mean"] == 90.0 and figures["final_acc_std"] is None
+
+
+# ------------------------------------------------------------------ --gpus
+
+@pytest.mark.parametrize("spec, bad", [("x,y", "'x', 'y'"), ("-1", "'-1'"), ("0,,1", "''"),
+                                       ("", "''"), ("0,cpu", "'cpu'"), ("1.5", "'1.5'")])
+def test_gpus_entries_must_be_indices_or_cpu(tmp_path, spec, bad):
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", spec, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --gpus {spec!r}: {bad} ")
+    assert "--gpus cpu" in lines[0]
+
+
+def _fake_gpus(monkeypatch, count: int) -> None:
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_gpus_this_machine_lacks_are_refused_but_only_noted_in_a_dry_run(tmp_path, monkeypatch):
+    _fake_gpus(monkeypatch, 0)
+    data = ["--only", "cifar100_10", "--data-root", str(tmp_path / "none"), "--output", "out"]
+    proc = reproduce_inprocess(*data, "--gpus", "0", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "error: --gpus 0: GPU 0 not found; no GPU is visible here (CUDA unavailable); use "
+        "--gpus cpu (or --dry-run to plan for another machine)"]
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", "0", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "note: --gpus 0: GPU 0 not found; no GPU is visible here" in proc.stderr
+    assert all(" cuda:0 " in ln for ln in proc.stdout.splitlines() if " seed " in ln)
+    _fake_gpus(monkeypatch, 2)
+    proc = reproduce_inprocess(*data, "--gpus", "0,2,99", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert ("GPU 2, 99 not found; this machine has 2 visible GPU(s), indices 0-1; use --gpus "
+            "cpu or indices below 2") in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_devices_fall_back_to_cpu_without_a_gpu(tmp_path, monkeypatch):
+    _fake_gpus(monkeypatch, 0)
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--cpu-jobs", "2", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert len(lines) == 6 and all(" cpu " in ln and "CUDA_VISIBLE" not in ln for ln in lines)
+
+
+def test_gpu_indices_count_within_the_callers_cuda_visible_devices(tmp_path, monkeypatch):
+    _fake_gpus(monkeypatch, 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")  # this process sees physical 4 and 6
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", "1", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
+    assert len(lines) == 6 and all(" cuda:1 " in ln and "CUDA_VISIBLE_DEVICES=6 " in ln
+                                   for ln in lines)
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus-per-run", "2", cwd=tmp_path)
+    assert all("CUDA_VISIBLE_DEVICES=4,6 " in ln for ln in proc.stdout.splitlines()
+               if " seed " in ln)
