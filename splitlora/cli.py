@@ -139,6 +139,10 @@ def _run(args: argparse.Namespace, cfg: Config, out: Path, main_process: bool,
     for warning in config_warnings(cfg):
         log.warning(warning)
     exp = session["exp"] = Experiment(cfg, out, progress=not args.no_progress)  # names, data
+    from .learner import ignored_keys
+    for key in ignored_keys(cfg, load_config(args.config)):
+        log.warning("%s is set, but method %s does not read it: it has no effect on this run",
+                    key, cfg.method.name)
     exp.build()  # weights: errors here still leave the run directory untouched
     if ckpt is not None:
         exp.load_state_dict(ckpt, out / CHECKPOINT_NAME)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from models import ContinualViT, lora_parameters
 
 from . import engine
-from .config import Config, ConfigError
+from .config import Config, ConfigError, flatten, to_dict
 from .covariance import CovarianceAccumulator
 from .distributed import DistInfo
 from .errors import NumericalError
@@ -33,6 +33,19 @@ from .subspace import (free_basis_from_spectrum, init_lora_A, interference, kaim
 log = logging.getLogger(__name__)
 
 METHODS: dict[str, type["Learner"]] = {}
+
+
+METHOD_SPECIFIC_KEYS = ("split.alpha", "split.cov_pass", "split.cov_dtype", "split.cov_amp",
+                        "method.threshold", "method.train_a", "method.a_norm",
+                        "method.inflora_lamb", "method.inflora_lame")
+
+
+def ignored_keys(cfg: Config, base: Config) -> list[str]:
+    """Method-specific keys whose value differs from ``base`` (the config file's own values:
+    keys set on the command line) that ``method.name`` never reads."""
+    ours, theirs = flatten(to_dict(cfg)), flatten(to_dict(base))
+    reads = get_method(cfg.method.name).reads
+    return [k for k in METHOD_SPECIFIC_KEYS if k not in reads and ours[k] != theirs[k]]
 
 
 def register_method(name: str):
@@ -86,6 +99,9 @@ class Learner:
     name: ClassVar[str] = "base"
     supports_train_a: ClassVar[bool] = False  # method.train_a is meaningful for this method
     single_task: ClassVar[bool] = False  # the experiment gives this method every class as one task
+    # the method-specific keys (of METHOD_SPECIFIC_KEYS) this method reads; the others are
+    # ignored by it, and setting them gives a warning
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
@@ -190,6 +206,8 @@ class SubspaceLoRA(Learner):
     """
 
     supports_train_a = True
+    reads = frozenset({"split.cov_pass", "split.cov_dtype", "split.cov_amp", "method.train_a",
+                       "method.a_norm"})
 
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
@@ -283,6 +301,8 @@ class SubspaceLoRA(Learner):
 class SplitLoRA(SubspaceLoRA):
     """The paper's adaptive split: ``max(i*, 1) + 1`` frozen directions (``split_point``)."""
 
+    reads = SubspaceLoRA.reads | {"split.alpha"}
+
     def frozen_dims(self, eigvals: Tensor, task: int) -> int:
         return split_point(eigvals, task + 1, self.cfg.split.alpha)
 
@@ -292,6 +312,8 @@ class ThresholdLoRA(SubspaceLoRA):
     """Ablation: a fixed energy threshold per layer (``method.threshold`` of the spectrum in
     the frozen subspace, as GPM / InfLoRA-style methods choose it)."""
 
+    reads = SubspaceLoRA.reads | {"method.threshold"}
+
     def frozen_dims(self, eigvals: Tensor, task: int) -> int:
         return threshold_split_point(eigvals, self.cfg.method.threshold)
 
@@ -300,6 +322,8 @@ class ThresholdLoRA(SubspaceLoRA):
 class RandomA(Learner):
     """Ablation: A random and frozen in the whole space, scaled as SplitLoRA scales it
     (Kaiming at t = 0, then ``init_lora_A`` with the identity as basis: norm ||A_ref|| / (t+1))."""
+
+    reads = frozenset({"method.a_norm"})
 
     def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
         if task == 0:

@@ -42,6 +42,9 @@ class InfLoRA(Learner):
     the old tasks' subspace; ``retain``: its complement), as DualGPM keeps them.
     """
 
+    reads = frozenset({"split.cov_pass", "split.cov_dtype", "split.cov_amp",
+                       "method.inflora_lamb", "method.inflora_lame"})
+
     def __init__(self, cfg: Config, model: ContinualViT, device: torch.device,
                  dist_info: DistInfo = DistInfo()) -> None:
         super().__init__(cfg, model, device, dist_info)

@@ -174,3 +174,25 @@ def test_a_cached_demo_backbone_of_another_recipe_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"demo_pretrain.epochs: 6 -> 1.*delete it"):
         check_demo_backbone(other)
     json.loads(demo_recipe(other))  # canonical JSON
+
+
+# ------------------------------------------------------------ keys a method does not read
+
+def test_method_specific_keys_the_method_ignores_are_named():
+    from splitlora.learner import ignored_keys
+    cifar = DEMO.parent / "cifar100_10.yaml"  # its file sets method.inflora_lamb: not a warning
+    base = load_config(cifar)
+    assert ignored_keys(base, base) == []
+
+    def ignored(*sets):
+        return ignored_keys(load_config(cifar, list(sets)), base)
+    assert ignored("split.alpha=5", "method.threshold=0.9") == ["method.threshold"]
+    assert ignored("method.name=threshold", "split.alpha=5", "method.threshold=0.9") == [
+        "split.alpha"]
+    assert ignored("method.name=seq_lora", "split.alpha=5", "method.a_norm=constant") == [
+        "split.alpha", "method.a_norm"]
+    assert ignored("method.name=random_a", "method.a_norm=constant", "split.cov_pass=plain") == [
+        "split.cov_pass"]
+    assert ignored("method.name=inflora", "method.inflora_lame=0.99", "split.alpha=5") == [
+        "split.alpha"]
+    assert ignored("method.name=joint", "split.cov_dtype=float64") == ["split.cov_dtype"]

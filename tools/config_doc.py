@@ -35,8 +35,11 @@ checks that this file is current). Every default is the published protocol
 run directory's `config.yaml` holds the resolved whole. Override any key on the command line
 with `--set KEY=VALUE` (the value is parsed as YAML: `--set train.milestones=[3,6]`,
 `--set 'model.kwargs={depth: 6}'`); `python main.py --config FILE --print-config` prints the
-resolved configuration. Unknown keys and bad values are refused before anything runs, with
-the closest known key suggested.
+resolved configuration. A whole section given as a mapping (`--set 'train={epochs: 3}'`) is
+merged key by key into that section. Unknown keys and bad values are refused before anything
+runs, with the closest known key suggested; a method-specific key (in `split` and `method`)
+set on the command line for a method that does not read it (`split.alpha` with `seq_lora`)
+gives a warning.
 
 Keys marked *resumable* may change when an interrupted run is continued (they change how the
 remaining tasks run, not what the finished ones computed); every other key is part of the
