@@ -476,6 +476,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if getattr(args, flag) < 1:
             print(f"error: --{flag.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if args.suite == "demo" and args.gpus is None:
+        args.gpus = "cpu"  # configs/demo.yaml runs on the CPU: --cpu-jobs runs at once
     try:
         slots, gpu_note = gpu_slots(args.gpus, args.cpu_jobs, args.gpus_per_run, args.dry_run)
     except ConfigError as exc:
