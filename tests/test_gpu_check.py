@@ -103,3 +103,30 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("case", ["out_is_a_folder", "out_under_a_file", "time_limit_negative",
+                                  "time_limit_zero", "time_limit_below_one_part"])
+def test_bad_out_or_time_limit_is_refused_before_any_part_runs(tmp_path, capsys, case):
+    (tmp_path / "file.txt").write_text("a file\n")
+    (tmp_path / "folder").mkdir()
+    args, words = {
+        "out_is_a_folder": (["--out", str(tmp_path / "folder")], ["--out", "folder is a folder"]),
+        "out_under_a_file": (["--out", str(tmp_path / "file.txt" / "x.json")],
+                             ["--out", "lies under", "file.txt, which is a file"]),
+        "time_limit_negative": (["--time-limit", "-5"], ["--time-limit", "got -5"]),
+        "time_limit_zero": (["--time-limit", "0"], ["--time-limit", "got 0"]),
+        "time_limit_below_one_part": (["--time-limit", "12"], ["at least 13 seconds", "got 12"]),
+    }[case]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "r.json")]
+    code = gpu_check.main(["--dry", "--in-process", "--parts", "env", "--workdir",
+                           str(tmp_path / "w"), *args, *out])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert captured.out == ""  # no part ran
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]
+    assert not any((tmp_path / "folder").iterdir())

@@ -154,7 +154,8 @@ BAD = {  # id -> (make src, dst relative to tmp or None for src-relative, expect
     "cifar10-no-fine-labels": (_cifar10, None, ["CIFAR-10"]),
     "not-a-pickle": (_bad_pickle, None, ["not a readable pickle", "test"]),
     "pickle-not-a-dict": (_not_a_dict, None, ["dict", "train"]),
-    "tar-unreadable": (lambda c, t: tf.garbage(t / "cifar-100-python.tar.gz"), None, ["not a readable tar"]),
+    "tar-unreadable": (lambda c, t: tf.garbage(t / "cifar-100-python.tar.gz"), None,
+                       ["not a readable tar", "cifar-100-python.tar.gz", "expected a .tar, .tar.gz"]),
     "tar-lacks-members": (_tar_lacking, None, ["lacks", "cifar-100-python/test"]),
     "dst-inside-src": (lambda c, t: shutil.copytree(c.folder, t / "c"), "inside", ["inside --src"]),
     "dst-equals-src": (lambda c, t: shutil.copytree(c.folder, t / "c"), "same", ["same as --src"]),
@@ -171,6 +172,7 @@ def test_bad_inputs(cifar: tf.Cifar, tmp_path: Path, case: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("error:"), r.stderr
     assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # e.g. not tarfile's list of methods tried
     for w in words:
         assert w in r.stderr, (w, r.stderr)
     assert tf.snapshot(tmp_path) == before  # nothing written anywhere, dst not created

@@ -123,6 +123,33 @@ def test_existing_different_copy_is_an_error(dn: tf.DomainNet, tmp_path: Path) -
     assert tf.snapshot(tmp_path) == snap
 
 
+def test_mode_change_on_a_prepared_destination_is_refused(dn: tf.DomainNet, tmp_path: Path) -> None:
+    """--mode copy over a destination of symlinks (with or without its prepare_info.json) and
+    --mode symlink over copies are refused, nothing changed; the old mode completes it."""
+    dst = tmp_path / "out"
+    lists = ["--train-list", dn.subset_train, "--val-list", dn.subset_val]
+    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+    victim = dst / "train" / "000" / sorted(os.listdir(dst / "train" / "000"))[0]
+    for evidence in ("prepare_info.json", "symbolic link"):
+        if evidence == "symbolic link":
+            (dst / "prepare_info.json").unlink()
+            victim.unlink()  # an interrupted run: one entry and the info file missing
+        snap = tf.snapshot(tmp_path)
+        r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", "copy", *lists)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        msg = tf.error_text(r.stderr)
+        for w in ("--mode symlink", "--mode copy", evidence, "new --dst"):
+            assert w in msg, (w, msg)
+        assert tf.snapshot(tmp_path) == snap
+    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+    assert victim.is_symlink() and json.loads((dst / "prepare_info.json").read_text())["mode"] == "symlink"
+    copies = tmp_path / "copies"
+    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", copies, "--mode", "copy", *lists).returncode == 0
+    (copies / "prepare_info.json").unlink()
+    r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", copies, *lists)
+    assert r.returncode == 2 and "--mode copy" in r.stderr and "separate copy" in r.stderr
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _pair(t: Path, train: list[str], val: list[str] | None = None) -> list[object]:
     val = val if val is not None else ["real/zebra/" + tf.dn_file_name("real", 4, 4) + " 2"]
@@ -177,6 +204,12 @@ BAD = {  # id -> (args builder (tmp, dn) -> [...], expected words)
     "same-destination": (lambda t, d: ["--src", _colliding(t, d), "--dst", t / "out",
                                        *_pair(t, ["clipart/cat/clipart_7.jpg 0", "clipart/cat/7.jpg 0"], ["clipart/cat/clipart_8.jpg 0"])],
                          ["same destination train/000/clipart_7.jpg", "train.txt:1", "train.txt:2"]),
+    "non-image-file": (lambda t, d: ["--src", d.root, "--dst", t / "out", *_pair(t, [_ok("real", "cat", 0, 1), "real/cat/notes.txt 1"])],
+                       ["malformed line 2", "train.txt", "'notes.txt' is not an image file"]),
+    "hidden-file": (lambda t, d: ["--src", d.root, "--dst", t / "out", *_pair(t, [_ok("real", "cat", 0, 1), "real/cat/.x.jpg 1"])],
+                    ["malformed line 2", "hidden file"]),
+    "hidden-class-folder": (lambda t, d: ["--src", d.root, "--dst", t / "out", *_pair(t, [_ok("real", "cat", 0, 1)], ["real/.cat/x.jpg 1"])],
+                            ["malformed line 1", "val.txt", "hidden"]),
     "dst-inside-src": (lambda t, d: ["--src", d.root, "--dst", d.root / "real" / "prepared", "--train-list", d.subset_train,
                                      "--val-list", d.subset_val], ["inside --src"]),
     "dst-equals-src": (lambda t, d: ["--src", d.root, "--dst", d.root, "--train-list", d.subset_train,
@@ -193,6 +226,7 @@ def test_bad_inputs(dn: tf.DomainNet, tmp_path: Path, case: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     msg = tf.error_text(r.stderr)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     for w in words:
         assert w in msg, (w, msg)
     assert tf.snapshot(tmp_path) == before_tmp and tf.snapshot(dn.root.parent) == before_src

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -180,6 +181,77 @@ def test_other_seed_into_same_destination_is_refused(inr: tuple[Path, Path], tmp
     assert tf.snapshot(tmp_path) == snap
 
 
+def test_image_extensions_agree_with_the_main_loader() -> None:
+    """The tools mirror datasets/folder.py's list (importing it would import torch)."""
+    sys.path.insert(0, str(tf.TOOLS))
+    try:
+        import _prep_common as pc
+    finally:
+        sys.path.remove(str(tf.TOOLS))
+    from datasets.folder import IMAGE_EXTENSIONS, list_images
+
+    assert pc.IMAGE_EXTENSIONS == IMAGE_EXTENSIONS
+    names = ["a.jpg", "B.JPEG", "c.png", "d.webp", "notes.txt", "Thumbs.db", ".DS_Store", "._e.jpg", "f.jpg.txt"]
+    assert [n for n in sorted(names) if pc.is_image_name(n)] == ["B.JPEG", "a.jpg", "c.png", "d.webp"]
+    # the same names as main.py's own listing of a folder holding them
+    assert sorted(n for n in names if pc.is_image_name(n)) == sorted(
+        list_images(_touched(Path(tempfile.mkdtemp()), names)))
+
+
+def _touched(folder: Path, names: list[str]) -> Path:
+    for n in names:
+        (folder / n).write_bytes(b"x")
+    return folder
+
+
+def test_non_image_and_hidden_files_are_not_counted(tmp_path: Path) -> None:
+    """notes.txt, .DS_Store, ._x.jpg and a hidden folder in a class folder change nothing: not
+    linked, not counted, no effect on which images the seeded split sends to val."""
+    clean, _ = tf.make_imagenet_r(tmp_path / "clean")
+    junk, _ = tf.make_imagenet_r(tmp_path / "junk")
+    for wnid in tf.INR_CLASSES:
+        for name in ("notes.txt", ".DS_Store", "._art_0.jpg", "Thumbs.db"):
+            (junk / wnid / name).write_bytes(b"not an image")
+        (junk / wnid / ".thumbnails").mkdir()
+        (junk / wnid / ".thumbnails" / "a.jpg").write_bytes(b"x")
+    junk_tar = tmp_path / "junk" / "imagenet-r.tar"
+    junk_tar.unlink()
+    tf.tar_of(junk_tar, {f"imagenet-r/{p.relative_to(junk)}": p.read_bytes()
+                         for p in sorted(junk.rglob("*")) if p.is_file()})
+    runs = {}
+    for name, src in (("clean", clean), ("junk", junk), ("junk_tar", junk_tar)):
+        r = tf.run_tool(SCRIPT, "--src", src, "--dst", tmp_path / f"out_{name}", "--seed", 5)
+        assert r.returncode == 0, r.stderr
+        runs[name] = (split_sets(tmp_path / f"out_{name}"),
+                      json.loads((tmp_path / f"out_{name}" / "prepare_info.json").read_text())["images"])
+    assert runs["junk"] == runs["clean"] == runs["junk_tar"]
+    assert runs["clean"][1] == {"train": 19, "val": 5}
+
+
+def test_mode_change_on_a_prepared_destination_is_refused(inr: tuple[Path, Path], tmp_path: Path) -> None:
+    """A destination of symlinks is not silently left as links by --mode copy (a user who then
+    deletes the source would lose the data): refused, naming both modes and the fix."""
+    folder, tar = inr
+    dst = tmp_path / "out"
+    assert tf.run_tool(SCRIPT, "--src", folder, "--dst", dst).returncode == 0
+    for evidence in ("prepare_info.json", "the entries"):
+        if evidence == "the entries":  # an interrupted run: no prepare_info.json yet
+            (dst / "prepare_info.json").unlink()
+        snap = tf.snapshot(tmp_path)
+        for args in (["--src", folder, "--mode", "copy" if evidence == "the entries" else "hardlink"], ["--src", tar]):
+            r = tf.run_tool(SCRIPT, *args, "--dst", dst)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+            msg = tf.error_text(r.stderr)
+            new = "hardlink" if "hardlink" in args else "copy"
+            for w in ("--mode symlink", f"--mode {new}", "new --dst", str(dst)):
+                assert w in msg, (w, msg)
+            assert (evidence in msg) if evidence == "prepare_info.json" else "symbolic link" in msg
+            assert tf.snapshot(tmp_path) == snap
+    # the same mode still completes it
+    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", dst)
+    assert r.returncode == 0 and json.loads((dst / "prepare_info.json").read_text())["mode"] == "symlink"
+
+
 # ---------------------------------------------------------------------------- bad inputs
 def _lists(t: Path, folder: Path, train: list[str] | None = None, val: list[str] | None = None) -> list[object]:
     files = tf.inr_files(folder)
@@ -222,6 +294,10 @@ BAD = {  # id -> (args builder (tmp, folder, tar) -> [--src .. --dst .. ...], ex
     "val-list-leaves-a-class-empty": (lambda t, f, a: ["--src", f, "--dst", t / "out", *_lists(
         t, f, train=tf.inr_files(f)[::2], val=[x for x in tf.inr_files(f)[1::2] if not x.startswith("n01494475/")])],
         ["1 class(es) have train images but no val images", "n01494475", "val.txt", "Fix the lists"]),
+    "list-names-a-non-image": (lambda t, f, a: ["--src", f, "--dst", t / "out", *_lists(t, f, train=["n01443537/notes.txt"])],
+                               ["line 1", "train.txt", "'notes.txt' is not an image file", ".jpg"]),
+    "list-names-a-hidden-file": (lambda t, f, a: ["--src", f, "--dst", t / "out", *_lists(t, f, val=["n01443537/._art_0.jpg"])],
+                                 ["line 1", "val.txt", "hidden file"]),
     "val-fraction": (lambda t, f, a: ["--src", f, "--dst", t / "out", "--val-fraction", 1.5], ["--val-fraction"]),
     "dst-inside-src": (lambda t, f, a: ["--src", f, "--dst", f / "prepared"], ["inside --src"]),
     "dst-equals-src": (lambda t, f, a: ["--src", f, "--dst", f], ["same as --src"]),
@@ -239,6 +315,7 @@ def test_bad_inputs(inr: tuple[Path, Path], tmp_path: Path, case: str) -> None:
     assert r.returncode == 2, (r.stdout, r.stderr)
     msg = tf.error_text(r.stderr)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, e.g. no tarfile per-method list
     for w in words:
         assert w in msg, (w, msg)
     assert tf.snapshot(tmp_path) == before_tmp and tf.snapshot(folder.parent) == before_src

@@ -27,6 +27,8 @@ import os
 import shutil
 import stat
 import sys
+import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -42,6 +44,11 @@ TMP_SUFFIX = ".prep-tmp"
 EXIT_INVALID = 2
 EXIT_OSERROR = 1
 EXIT_INTERRUPTED = 130
+# The file names main.py loads as images: datasets/folder.py's IMAGE_EXTENSIONS (compared
+# lower-case; names starting with '.' are skipped). Mirrored rather than imported because
+# importing the datasets package imports torch (seconds) and these tools stay torch-free;
+# tests/test_tools_imagenet_r.py checks that the two lists agree.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
 class PrepError(Exception):
@@ -67,6 +74,10 @@ class Source:
     def matches(self, dest: Path) -> bool:
         """Whether an existing ``dest`` already is / points to / equals this source."""
         raise NotImplementedError
+
+    def entry_mode(self, dest: Path) -> str | None:
+        """The ``--mode`` an existing ``dest`` was made with, or None when not telling."""
+        return None
 
 
 class FileSource(Source):
@@ -117,6 +128,15 @@ class FileSource(Source):
         except OSError:
             return False
 
+    def entry_mode(self, dest: Path) -> str | None:
+        try:
+            if os.path.islink(dest):
+                return "symlink"
+            st, sst = os.stat(dest), os.stat(self.path)
+        except OSError:
+            return None
+        return "hardlink" if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino) else "copy"
+
 
 # --------------------------------------------------------------------------------------------
 # plan
@@ -145,6 +165,32 @@ def first(values: Iterable[object], n: int = 5) -> str:
 def safe_component(part: str) -> bool:
     """Whether ``part`` is usable as one path component (no separators, not . or ..)."""
     return bool(part) and part not in (".", "..") and "/" not in part and "\\" not in part and "\0" not in part
+
+
+def is_image_name(name: str) -> bool:
+    """Whether main.py would load a file of this name as an image (see IMAGE_EXTENSIONS)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def image_name_problem(name: str) -> str | None:
+    """Why a listed file name is not an image main.py would load (None if it is one)."""
+    if name.startswith("."):
+        return f"{name!r} is a hidden file (its name starts with '.'), which main.py skips"
+    if not name.lower().endswith(IMAGE_EXTENSIONS):
+        return (f"{name!r} is not an image file: main.py loads only {', '.join(IMAGE_EXTENSIONS)} "
+                "files")
+    return None
+
+
+def open_tar(path: Path, hint: str) -> tarfile.TarFile:
+    """Open a (possibly compressed) tar archive for reading; a one-line PrepError if it is none."""
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, ValueError, zlib.error):  # (an OSError goes to run_main)
+        raise PrepError(
+            f"{path} is not a readable tar archive (expected a .tar, .tar.gz, .tar.bz2 or .tar.xz file; "
+            f"this file is none of them or is truncated). {hint}"
+        ) from None
 
 
 def read_list(path: Path) -> Iterator[tuple[int, str]]:
@@ -267,6 +313,18 @@ def _check_unique(items: Sequence[Item]) -> None:
         seen[key] = it
 
 
+_MODE_NOUN = {"symlink": "symbolic link", "hardlink": "hard link to its source", "copy": "separate copy"}
+
+
+def _mode_conflict(dst: Path, old: str, new: str, evidence: str) -> str:
+    """The message refusing to mix two ``--mode`` values in one destination."""
+    return (
+        f"--dst {dst} was prepared with --mode {old} ({evidence}), but this run uses --mode {new}; "
+        "one destination cannot mix the two and nothing was changed. Re-run with --mode "
+        f"{old} to complete it, or use a new --dst (or delete {dst} first) for --mode {new}."
+    )
+
+
 def names_tsv(class_names: dict[str, str]) -> str:
     """Content of class_names.tsv: ``<folder>\\t<name>`` per class, sorted by folder."""
     for folder, name in class_names.items():
@@ -318,6 +376,9 @@ def materialize(
                 f"--dst {dst} was prepared by {old_info.get('tool')!r}, not {tool}. Use a separate "
                 "destination folder per dataset."
             )
+        old_mode = old_info.get("mode")
+        if isinstance(old_mode, str) and old_mode != (info_mode or mode):
+            raise PrepError(_mode_conflict(dst, old_mode, info_mode or mode, f"its {INFO_NAME} says so"))
     tsv = names_tsv(class_names) if class_names else None
     if tsv is not None and names_path.exists():
         if names_path.read_text(encoding="utf-8") != tsv:
@@ -365,10 +426,18 @@ def materialize(
             "data. Use a new --dst."
         )
     wrong: list[str] = []
+    conflict: str | None = None
     if to_check:
-        for dest, it in tqdm(to_check, desc=f"{tool}: checking", unit="img", leave=False):
-            if not it.source.matches(dest):
-                wrong.append(f"{dest} (expected {it.source.describe()})")
+        with tqdm(to_check, desc=f"{tool}: checking", unit="img", leave=False) as bar:
+            for dest, it in bar:
+                found = it.source.entry_mode(dest)
+                if found is not None and found != mode:
+                    conflict = _mode_conflict(dst, found, mode, f"e.g. {dest} is a {_MODE_NOUN[found]}")
+                    break
+                if not it.source.matches(dest):
+                    wrong.append(f"{dest} (expected {it.source.describe()})")
+    if conflict:
+        raise PrepError(conflict)
     if wrong:
         raise PrepError(
             f"{len(wrong)} existing destination entr{'y' if len(wrong) == 1 else 'ies'} do not match "

@@ -48,9 +48,12 @@ from PIL import Image  # noqa: E402
 from datasets import transforms as tf  # noqa: E402
 from models import ContinualViT  # noqa: E402
 from splitlora.covariance import CovarianceAccumulator, collect_covariance  # noqa: E402
+from splitlora.fileio import atomic_write_text  # noqa: E402
 from splitlora.subspace import kaiming_uniform_A  # noqa: E402
+from tools._outfile import output_file_problem  # noqa: E402
 
 SMALL_VIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 16}
+IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}  # --data-sizes extension -> PIL
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -90,8 +93,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the arguments (None if nothing): counts must be positive, the model a
-    timm ViT the method supports."""
+    """What is wrong with the arguments (None if nothing), checked before anything is measured:
+    counts must be positive, the device usable, --model-kwargs a JSON object, --data-sizes
+    well-formed, --json writable, and the model (unless --data-only) a timm ViT the method
+    supports that accepts --model-kwargs and --img-size."""
     for flag in ("batch_size", "steps", "img_size", "rank", "classes", "data_images",
                  "data_steps"):
         value = getattr(args, flag)
@@ -99,12 +104,95 @@ def check_args(args: argparse.Namespace) -> Optional[str]:
             return f"--{flag.replace('_', '-')} must be >= 1, got {value}"
     if args.warmup < 0:
         return f"--warmup must be >= 0, got {args.warmup}"
-    if args.model is not None:
-        from models.backbone import ModelError, check_backbone
-        try:
-            check_backbone(args.model, args.img_size, key="--model")
-        except ModelError as exc:
-            return str(exc)
+    if args.data_only and args.skip_data:
+        return "--data-only and --skip-data contradict each other (nothing would run); pass one"
+    problem = device_problem(args.device)
+    if problem:
+        return problem
+    try:
+        model_kwargs(args.model_kwargs)
+    except ValueError as exc:
+        return str(exc)
+    if not args.skip_data:
+        for spec in args.data_sizes.split(","):
+            try:
+                parse_size(spec)
+            except ValueError as exc:
+                return str(exc)
+    if args.json is not None:
+        problem = output_file_problem(Path(args.json), "--json")
+        if problem:
+            return problem
+    if not args.data_only:
+        return model_problem(args)
+    return None
+
+
+def device_problem(spec: str) -> Optional[str]:
+    """Why ``--device spec`` cannot be used here (None if it can)."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        return f"--device {spec!r} is not a device; pass cpu, cuda or cuda:N"
+    if device.type not in ("cpu", "cuda"):
+        return f"--device {spec!r}: this benchmark runs on cpu or cuda (cuda:N), not {device.type}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {spec} but CUDA is not available here; pass --device cpu"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return (f"--device {spec}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                    f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return None
+
+
+def model_kwargs(raw: Optional[str]) -> dict:
+    """The ``--model-kwargs`` JSON object as a dict ({} when not given); ValueError naming the
+    problem when it is not a JSON object or sets what other options set."""
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-kwargs {raw!r} is not valid JSON ({exc.msg} at character "
+                         f"{exc.pos}); pass an object such as '{{\"depth\": 2}}'") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--model-kwargs must be a JSON object such as '{{\"depth\": 2}}', "
+                         f"got a {type(value).__name__}: {raw!r}")
+    clash = sorted(k for k in value if k in ("img_size", "num_classes", "pretrained"))
+    if clash:
+        raise ValueError(f"--model-kwargs sets {', '.join(clash)}, which this tool sets itself; "
+                         "use --img-size (and leave num_classes / pretrained out)")
+    return value
+
+
+def model_spec(args: argparse.Namespace, device_type: str) -> tuple[str, dict]:
+    """(timm model name, keyword arguments) the benchmark builds on ``device_type``."""
+    name = args.model or ("vit_base_patch16_224" if device_type == "cuda" else "vit_small_patch16_224")
+    kwargs = {} if (args.model or device_type == "cuda") else dict(SMALL_VIT)
+    kwargs.update(model_kwargs(args.model_kwargs))
+    return name, kwargs
+
+
+def model_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why the model cannot be built and run at --img-size with --model-kwargs (None if it can);
+    built on the meta device: no memory, no weights."""
+    from models.backbone import ModelError, check_backbone
+
+    name, kwargs = model_spec(args, torch.device(args.device).type)
+    key = "--model" if args.model else "--model (default)"
+    try:
+        check_backbone(name, args.img_size, kwargs, key=key)
+    except ModelError as exc:
+        return (str(exc).replace("model.kwargs", "--model-kwargs")
+                .replace("(model.img_size)", "(--img-size)"))
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=0, img_size=args.img_size,
+                                  **kwargs)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if isinstance(patch, int) and args.img_size % patch:
+        return (f"--img-size {args.img_size} is not a multiple of the patch size {patch} of {key} "
+                f"{name!r}; pass e.g. --img-size {max(patch, args.img_size // patch * patch)}")
     return None
 
 
@@ -184,10 +272,14 @@ def make_jpegs(n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> lis
 
 
 def parse_size(spec: str) -> tuple[int, int, str]:
-    """'500x375.jpg' -> (500, 375, 'jpg')."""
+    """'500x375.jpg' -> (500, 375, 'jpg'); ValueError naming the spec when malformed."""
     dims, _, ext = spec.strip().partition(".")
     w, _, h = dims.partition("x")
-    return int(w), int(h), (ext or "jpg").lower()
+    ext = (ext or "jpg").lower()
+    if not (w.isdigit() and h.isdigit() and int(w) >= 1 and int(h) >= 1) or ext not in IMAGE_FORMATS:
+        raise ValueError(f"--data-sizes entry {spec!r} is not WxH.ext with positive W, H and ext one "
+                         f"of {', '.join(IMAGE_FORMATS)}; e.g. 500x375.jpg,32x32.png")
+    return int(w), int(h), ext
 
 
 def data_section(args: argparse.Namespace, device: torch.device) -> dict:
@@ -212,7 +304,7 @@ def data_section(args: argparse.Namespace, device: torch.device) -> dict:
                 w, h, ext = parse_size(spec)
                 folder = Path(tmp) / f"{w}x{h}_{ext}" / "c0"
                 folder.mkdir(parents=True)
-                fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}[ext]
+                fmt = IMAGE_FORMATS[ext]
                 for i, data in enumerate(make_images(args.data_images, (w, h), fmt)):
                     (folder / f"{i:04d}.{ext}").write_bytes(data)
                 files = FolderImageSet(folder.parent, ["c0"], "train")
@@ -269,10 +361,7 @@ def print_data_section(data: dict) -> None:
 
 
 def build_models(args: argparse.Namespace, device: torch.device):
-    name = args.model or ("vit_base_patch16_224" if device.type == "cuda" else "vit_small_patch16_224")
-    kwargs = {} if (args.model or device.type == "cuda") else dict(SMALL_VIT)
-    if args.model_kwargs:
-        kwargs.update(json.loads(args.model_kwargs))
+    name, kwargs = model_spec(args, device.type)
     torch.manual_seed(0)
     plain = timm.create_model(name, pretrained=False, num_classes=0, img_size=args.img_size, **kwargs)
     torch.manual_seed(0)
@@ -412,9 +501,6 @@ def print_model_section(r: dict) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -433,7 +519,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"bf16 matmul rate measured here: {r['bf16_matmul_tflops']:.0f} TFLOP/s")
     print(f"peak memory: {peak_memory(device)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        atomic_write_text(Path(args.json), json.dumps(results, indent=1))
     return 0
 
 

@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEFAULT_TIME_LIMIT = 465.0  # seconds for the whole check: under 8 minutes with start-up
+MIN_PART_BUDGET = 10.0  # seconds: a part given less is skipped
+END_RESERVE = 3.0  # seconds of --time-limit kept for the summary
 FAIL_ENV = "SPLITLORA_GPU_CHECK_FAIL"  # test hook: comma-separated parts that raise
 
 
@@ -760,6 +762,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def top_level_problem(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with --time-limit or --out (None if nothing), checked before any part runs."""
+    import math
+
+    from tools._outfile import output_file_problem
+
+    least = MIN_PART_BUDGET + END_RESERVE
+    if not math.isfinite(args.time_limit) or args.time_limit < least:
+        return (f"--time-limit must be at least {least:g} seconds (with less every part would be "
+                f"skipped), got {args.time_limit:g}; the default is {DEFAULT_TIME_LIMIT:g}")
+    return output_file_problem(Path(args.out), "--out")
+
+
 def _device(dry: bool) -> str:
     if dry:
         return "cpu"
@@ -789,10 +804,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: unknown part(s) {', '.join(unknown)}; known: {', '.join(PART_NAMES)}",
               file=sys.stderr)
         return 2
+    problem = top_level_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     device = _device(args.dry)
     if not args.dry and device != "cuda":
         print("warning: no CUDA device: measuring on the CPU (use --dry for the quick form)",
               file=sys.stderr)
+    from splitlora.fileio import atomic_write_text
+
     started = time.time()
     out_path = Path(args.out)
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "dry": args.dry,
@@ -803,9 +824,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         for part in PARTS:
             if part.name not in names:
                 continue
-            left = args.time_limit - (time.time() - started) - 3
+            left = args.time_limit - (time.time() - started) - END_RESERVE
             budget = min(part.dry_budget if args.dry else part.budget, left)
-            if budget < 10:
+            if budget < MIN_PART_BUDGET:
                 results[part.name] = {"status": "skipped", "reason": "no time left in --time-limit"}
             else:
                 print(f"[{time.time() - started:5.0f} s] {part.name}: {part.what} "
@@ -813,11 +834,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ctx = Context(args.dry, device, workdir, budget, args.in_process)
                 results[part.name] = run_part(part, ctx, args.in_process)
             print("    " + summary_lines({part.name: results[part.name]})[0], flush=True)
-            out_path.write_text(json.dumps(results, indent=1, default=str))
+            atomic_write_text(out_path, json.dumps(results, indent=1, default=str))
         results["bound"] = boundness(results)
         results["projection"] = projections(results)
         results["total_seconds"] = time.time() - started
-        out_path.write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_text(out_path, json.dumps(results, indent=1, default=str))
     print()
     for line in summary_lines(results):
         print(line)

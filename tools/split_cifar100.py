@@ -24,7 +24,7 @@ from typing import IO, Sequence  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _prep_common import (  # noqa: E402
-    Item, PrepError, Source, add_common_args, check_src_dst, materialize, run_main,
+    Item, PrepError, Source, add_common_args, check_src_dst, materialize, open_tar, run_main,
 )
 
 TOOL = "split_cifar100"
@@ -100,10 +100,7 @@ def _load_folder(src: Path) -> dict[str, dict]:
 
 
 def _load_tar(src: Path) -> dict[str, dict]:
-    try:
-        tar = tarfile.open(src, "r:*")
-    except (tarfile.TarError, EOFError, ValueError, zlib.error) as exc:
-        raise PrepError(f"{src} is not a readable tar archive ({exc}). {HINT}") from None
+    tar = open_tar(src, HINT)
     raw: dict[str, tuple[str, bytes]] = {}
     with tar:
         try:  # one sequential pass: fast for .tar.gz

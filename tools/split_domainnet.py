@@ -23,8 +23,8 @@ from typing import NamedTuple, Sequence  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _prep_common import (  # noqa: E402
-    FileSource, Item, PrepError, add_common_args, check_src_dst, first, materialize, read_list,
-    run_main, safe_component,
+    FileSource, Item, PrepError, add_common_args, check_src_dst, first, image_name_problem,
+    materialize, read_list, run_main, safe_component,
 )
 
 TOOL = "split_domainnet"
@@ -67,6 +67,10 @@ def parse_list(path: Path) -> list[Entry]:
                 problem = "the path must have exactly three parts <domain>/<class>/<file>"
             elif parts[0] not in DOMAINS:
                 problem = f"unknown domain {parts[0]!r} (known: {', '.join(DOMAINS)})"
+            elif parts[1].startswith("."):
+                problem = f"class folder {parts[1]!r} is hidden (its name starts with '.')"
+            else:
+                problem = image_name_problem(parts[2])
         if problem:
             raise PrepError(f"malformed line {lineno} in {path}: {line!r} ({problem}). Each line must be {LINE_FORMAT}.")
         out.append(Entry(parts[0], parts[1], parts[2], int(label), f"{path}:{lineno}"))

@@ -30,8 +30,8 @@ from typing import Sequence  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _prep_common import (  # noqa: E402
-    FileSource, Item, PrepError, Source, add_common_args, check_src_dst, first, materialize,
-    read_list, run_main, safe_component,
+    FileSource, Item, PrepError, Source, add_common_args, check_src_dst, first, image_name_problem,
+    is_image_name, materialize, open_tar, read_list, run_main, safe_component,
 )
 
 TOOL = "split_imagenet_r"
@@ -68,6 +68,9 @@ class TarMemberSource(Source):
         except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise PrepError(f"cannot read {self.where} ({exc}); the archive is damaged. Re-download it.") from None
 
+    def entry_mode(self, dest: Path) -> str | None:
+        return "symlink" if os.path.islink(dest) else "copy"
+
     def matches(self, dest: Path) -> bool:
         try:
             return not os.path.islink(dest) and dest.is_file() and dest.stat().st_size == self.member.size
@@ -102,23 +105,20 @@ class Dataset:
         for wnid in wnids:
             with os.scandir(self.src / wnid) as it:
                 self.files[wnid] = {
-                    e.name: e.stat().st_size for e in it if not e.name.startswith(".") and e.is_file()
+                    e.name: e.stat().st_size for e in it if is_image_name(e.name) and e.is_file()
                 }
         readme = self.src / "README.txt"
         if readme.is_file():
             self.readme = readme.read_text(encoding="utf-8", errors="replace")
 
     def _scan_tar(self) -> None:
-        try:
-            self.tar = tarfile.open(self.src, "r:*")
-        except (tarfile.TarError, EOFError, ValueError, zlib.error) as exc:
-            raise PrepError(f"{self.src} is not a readable tar archive ({exc}). {HINT}") from None
+        self.tar = open_tar(self.src, HINT)
         try:
             for m in self.tar:
                 parts = [p for p in m.name.split("/") if p not in ("", ".")]
                 if not parts or parts[0] != TOP or not m.isfile():
                     continue
-                if len(parts) == 3 and WNID_RE.match(parts[1]) and not parts[2].startswith("."):
+                if len(parts) == 3 and WNID_RE.match(parts[1]) and is_image_name(parts[2]):
                     self.files.setdefault(parts[1], {})[parts[2]] = m
                 elif parts[1:] == ["README.txt"]:
                     self.readme = self.tar.extractfile(m).read().decode("utf-8", "replace")  # type: ignore[union-attr]
@@ -166,6 +166,9 @@ def _parse_list(path: Path) -> list[tuple[str, str, str]]:
                 f"malformed line {lineno} in {path}: {line!r}. Each line must be one relative path "
                 "<wnid>/<file>, e.g. n01443537/art_0.jpg."
             )
+        problem = image_name_problem(parts[1])
+        if problem:
+            raise PrepError(f"line {lineno} in {path} names {line!r}: {problem}. Remove the line from the list.")
         out.append((parts[0], parts[1], f"{path}:{lineno}"))
     return out
 
