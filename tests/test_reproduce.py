@@ -511,6 +511,7 @@ def test_gpu_indices_count_within_the_callers_cuda_visible_devices(tmp_path, mon
     lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
     assert len(lines) == 6 and all(" cuda:1 " in ln and "CUDA_VISIBLE_DEVICES=6 " in ln
                                    for ln in lines)
-    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus-per-run", "2", cwd=tmp_path)
+    proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", "0,1", "--gpus-per-run",
+                               "2", cwd=tmp_path)
     assert all("CUDA_VISIBLE_DEVICES=4,6 " in ln for ln in proc.stdout.splitlines()
                if " seed " in ln)
