@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -143,25 +141,18 @@ def _folder_with_an_empty_image(root: Path) -> Path:
 
 # ------------------------------------------------------------------- demo backbone identity
 
-_SAVE = """
-import hashlib, sys, torch
-from splitlora.pretrain import save_backbone
-torch.manual_seed(0)
-state = {f"blocks.{i}.w": torch.randn(4, 4) for i in range(6)}
-save_backbone(state, __import__("pathlib").Path(sys.argv[1]), '{"recipe": 1}')
-"""
-
-
-def test_identical_demo_weights_give_identical_files_in_every_process(tmp_path):
-    """The file's SHA-256 is a resumed run's weights fingerprint: it must not depend on the
-    process that wrote it (safetensors orders several metadata entries per process)."""
-    repo = Path(__file__).resolve().parents[1]
-    digests = set()
-    for i in range(2):
-        subprocess.run([sys.executable, "-c", _SAVE, str(tmp_path / f"{i}.safetensors")],
-                       cwd=repo, check=True, env={**os.environ, "PYTHONHASHSEED": str(i + 1)})
-        digests.add((tmp_path / f"{i}.safetensors").read_bytes())
-    assert len(digests) == 1
+def test_identical_demo_weights_give_identical_files(tmp_path):
+    """The file's SHA-256 is a resumed run's weights fingerprint: it must depend on the weights
+    and the recipe only. (safetensors 0.8 writes several metadata entries in an order that
+    varies from one call to the next: 30 saves of the former 3-entry header gave 6 different
+    files.)"""
+    from splitlora.pretrain import save_backbone
+    state = {f"blocks.{i}.w": torch.randn(4, 4) for i in range(6)}
+    files = set()
+    for i in range(30):
+        save_backbone(state, tmp_path / f"{i}.safetensors", '{"recipe": 1}')
+        files.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(files) == 1
 
 
 def test_a_cached_demo_backbone_of_another_recipe_is_refused(tmp_path):
