@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from splitlora.config import ConfigError, config_hash, load_config, parse_override  # noqa: E402
+from splitlora.errors import WriteError  # noqa: E402
+from splitlora.fileio import check_output_dir  # noqa: E402
 from splitlora.results import collect_rows, load_published, read_metrics, write_summary  # noqa: E402
 
 # Signals that stop a reproduction, and what each run is sent in turn (a run stops after
@@ -465,11 +467,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         check_overrides(args.overrides)
+        if not args.output.strip():
+            raise ConfigError("--output is empty: give the results folder (default: results)")
+        check_output_dir(Path(args.output).expanduser())
         published = load_published()
         plan = build_plan(args, published)
         for run in plan:
             resolve_status(run)
-    except ConfigError as exc:
+    except (ConfigError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for flag in ("cpu_jobs", "gpus_per_run"):

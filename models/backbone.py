@@ -63,6 +63,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'.
     """
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(f"model.pretrained_file {path} is a directory; give the weights file "
+                           "(.safetensors or a torch state dict)")
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)")
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 import timm
 import torch
 
-from models import ContinualViT, check_backbone, create_backbone, file_sha256, hub_weights_file
+from models import (ContinualViT, WeightsError, check_backbone, create_backbone, file_sha256,
+                    hub_weights_file)
 
 from .config import Config, ConfigError
 from .distributed import DistInfo
@@ -57,8 +58,15 @@ def build_model(cfg: Config, device: torch.device) -> ContinualViT:
         from .pretrain import pretrain_synthetic_backbone
         log.info("%s not found: pretraining the demo backbone on synthetic classes", m.pretrained_file)
         pretrain_synthetic_backbone(cfg, Path(m.pretrained_file), device)
-    backbone = create_backbone(m.name, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
-                               img_size=m.img_size, fused_attn=m.fused_attn, kwargs=m.kwargs)
+    try:
+        backbone = create_backbone(m.name, pretrained=m.pretrained,
+                                   pretrained_file=m.pretrained_file, img_size=m.img_size,
+                                   fused_attn=m.fused_attn, kwargs=m.kwargs)
+    except WeightsError as exc:
+        if not cfg.demo_pretrain.enabled:
+            raise
+        raise WeightsError(f"{exc} (it is the demo's pretrained backbone: delete "
+                           f"{m.pretrained_file} to pretrain it again)") from None
     return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)
 
 

@@ -64,17 +64,27 @@ def split_diff(diff: list[str]) -> tuple[list[str], list[str]]:
     return ok, [d for d in diff if d not in ok]
 
 
-def read_previous_config(out: Path) -> Optional[dict]:
+def read_previous_config(out: Path, force: bool = False) -> Optional[dict]:
+    """The config of the run in ``out``; None when there is none. Run files without a
+    readable config (a missing, empty or damaged config.yaml beside a checkpoint or metrics)
+    are refused, unless ``force`` (they are then moved aside like any previous run)."""
     import yaml
     path = out / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError(f"{path} is not valid YAML; is {out} a run directory? Use another "
-                          "--output") from None
-    return data if isinstance(data, dict) else None
+    data, problem = None, None
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError):
+            problem = f"{path} is not valid YAML"
+        else:
+            if not isinstance(data, dict):
+                data, problem = None, f"{path} does not hold a config"
+    elif any((out / name).is_file() for name in ("checkpoint.pt", "metrics.json")):
+        problem = f"{out} holds run files but no config.yaml"
+    if problem and not force:
+        raise ConfigError(f"{problem}, so the run there cannot be identified; use another "
+                          "--output, or --force to move its files aside and start a new run")
+    return data
 
 
 def print_report(metrics: dict, out: Path) -> None:
@@ -100,9 +110,10 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
     """
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: --resume continues the run "
-                          f"in {out}, --force discards it and starts again; pass one of them")
+                          f"in {out}, --force moves its files aside and starts again; pass one of "
+                          "them")
     from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-    previous = read_previous_config(out)
+    previous = read_previous_config(out, force=args.force)
     ckpt_path = out / CHECKPOINT_NAME
     changes: list[str] = []
     if previous is not None and not args.force:
@@ -113,7 +124,7 @@ def inspect_run_dir(out: Path, cfg: Config, args: argparse.Namespace):
                               + "). Pass another --output, or --force to replace it. (Keys that "
                               f"may change when a run is continued: {', '.join(RESUMABLE_KEYS)}.)")
         metrics = read_json(out / "metrics.json")
-        if metrics.get("complete") and not args.resume:
+        if metrics.get("complete"):  # with --resume too: nothing is left to run or write
             return "complete", None, metrics, changes
         if ckpt_path.is_file():
             return "resume", load_checkpoint(ckpt_path), None, changes
@@ -244,8 +255,13 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        message = ("interrupted: the last completed task is checkpointed; run the same command to "
-                   "continue")
+        from .checkpoint import CHECKPOINT_NAME
+        exp = session["exp"]
+        if exp is not None and (exp.out / CHECKPOINT_NAME).is_file():
+            message = ("interrupted: the last completed task is checkpointed; run the same "
+                       "command (without --force) to continue")
+        else:
+            message = "interrupted before the first task completed: nothing to continue from"
         log_to_file(message)
         print(message, file=sys.stderr)
         return 130

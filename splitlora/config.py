@@ -343,7 +343,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"bad override {text!r}: '{'.'.join(parts)}' is a section; set "
                                   f"its keys ({'.'.join(parts)}.KEY=VALUE) or give a mapping "
                                   "of them")
-            node[parts[-1]] = _merge(node.get(parts[-1]) or {}, value)
+            try:
+                node[parts[-1]] = _merge(node.get(parts[-1]) or {}, value, section,
+                                         ".".join(parts) + ".")
+            except ConfigError as exc:
+                raise ConfigError(f"bad override {text!r}: {exc}") from None
         else:
             node[parts[-1]] = value
     return data
@@ -357,12 +361,18 @@ def _section_type(cls: Optional[type], name: str) -> Optional[type]:
     return tp if tp is not None and _is_dataclass_type(tp) else None
 
 
-def _merge(base: dict, update: dict) -> dict:
-    """``update`` merged into a copy of ``base``, nested mappings key by key."""
+def _merge(base: dict, update: dict, cls: Optional[type] = None, where: str = "") -> dict:
+    """``update`` merged into a copy of ``base``, nested mappings key by key; ``cls`` (the
+    section's dataclass) refuses a value that would replace a whole sub-section."""
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+        section = _section_type(cls, key) if isinstance(key, str) else None
+        if section is not None and not isinstance(value, dict):
+            raise ConfigError(f"'{where}{key}' is a section; give a mapping of its keys, not "
+                              f"{value!r}")
+        # a sub-section merges; any other key (model.kwargs too) takes the value as given
+        out[key] = value if section is None else _merge(out.get(key) or {}, value, section,
+                                                        f"{where}{key}.")
     return out
 
 
@@ -471,7 +481,8 @@ def validate(cfg: Config) -> None:
            f"must be in [method.inflora_lamb, 1] = [{lamb}, 1], e.g. 1.0")
     t = cfg.train
     _check(t.epochs >= 1, "train.epochs", t.epochs, "must be >= 1")
-    _check(all(isinstance(m, int) and m >= 1 for m in t.milestones), "train.milestones",
+    _check(all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in t.milestones),
+           "train.milestones",
            t.milestones, "must be a list of positive integers (epochs)")
     _check(list(t.milestones) == sorted(t.milestones), "train.milestones", t.milestones,
            "must be increasing")
@@ -490,9 +501,11 @@ def validate(cfg: Config) -> None:
     _check(cfg.eval.batch_size >= 1, "eval.batch_size", cfg.eval.batch_size, "must be >= 1")
     _check(cfg.dataset.num_tasks >= 1, "dataset.num_tasks", cfg.dataset.num_tasks, "must be >= 1")
     _check(cfg.model.img_size >= 8, "model.img_size", cfg.model.img_size, "must be >= 8")
-    _check(bool(cfg.name) and cfg.name not in (".", "..") and "/" not in cfg.name
+    _check(bool(cfg.name.strip()) and cfg.name == cfg.name.strip() and len(cfg.name) <= 100
+           and cfg.name not in (".", "..") and "/" not in cfg.name
            and "\\" not in cfg.name and "\0" not in cfg.name, "name", cfg.name,
-           "must be a plain folder name (no '/'; it names runs/<name>/): use --output to "
+           "must be a plain folder name (no '/', no surrounding spaces, at most 100 characters; "
+           "it names runs/<name>/): use --output to "
            "choose another place")
     _check(_DEVICE.fullmatch(cfg.device) is not None, "device", cfg.device,
            "must be auto, cpu, cuda or cuda:N with N a GPU index (e.g. cuda:0)")
@@ -518,6 +531,10 @@ def validate(cfg: Config) -> None:
     for key in ("num_classes", "train_per_class", "epochs", "batch_size"):
         _check(getattr(p, key) >= 1, f"demo_pretrain.{key}", getattr(p, key), "must be >= 1")
     _check(p.lr > 0, "demo_pretrain.lr", p.lr, "must be > 0")
+    _check(p.num_classes * p.train_per_class >= p.batch_size, "demo_pretrain.batch_size",
+           p.batch_size, f"must be at most num_classes x train_per_class = "
+           f"{p.num_classes * p.train_per_class} (the pretraining images; a smaller set gives "
+           "no full batch)")
 
 
 def config_warnings(cfg: Config) -> list[str]:

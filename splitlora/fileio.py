@@ -90,6 +90,10 @@ def check_output_dir(path: Path, what: str = "--output") -> None:
     file systems and root all answer truthfully).
     """
     path = Path(path)
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise WriteError(f"{what} {path}: the name {too_long[0][:40]}... is {len(too_long[0])} "
+                         "characters long; file systems allow 255 bytes per name")
     if path.exists() and not path.is_dir():
         raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
     probe = path

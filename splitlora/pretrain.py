@@ -61,9 +61,13 @@ def check_demo_backbone(cfg: Config) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             recorded = (f.metadata() or {}).get(RECIPE_KEY)
-    except Exception:  # not safetensors: create_backbone reports what is wrong with it
-        return
-    if recorded is not None and recorded != demo_recipe(cfg):
+    except Exception:  # noqa: BLE001 - not safetensors: create_backbone reports what is wrong
+        recorded = None
+    if recorded is None:
+        log.warning("the demo backbone %s records no pretraining recipe (an older version's "
+                    "file, or one not made by the demo), so it cannot be checked against "
+                    "demo_pretrain; delete it to pretrain again", path)
+    elif recorded != demo_recipe(cfg):
         old, new = json.loads(recorded), json.loads(demo_recipe(cfg))
         diff = [f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {v!r}"
                 for section, keys in new.items() for k, v in keys.items()

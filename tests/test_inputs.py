@@ -187,3 +187,88 @@ def test_method_specific_keys_the_method_ignores_are_named():
     assert ignored("method.name=inflora", "method.inflora_lame=0.99", "split.alpha=5") == [
         "split.alpha"]
     assert ignored("method.name=joint", "split.cov_dtype=float64") == ["split.cov_dtype"]
+
+
+# ------------------------------------------------------------- second hostile review
+
+@pytest.mark.parametrize("override, words", [
+    ("dataset={synthetic: null}", ["'dataset.synthetic' is a section"]),
+    ("train.milestones=[true]", ["'train.milestones'", "positive integers"]),
+    ("name=' '", ["'name'", "plain folder name"]),
+    (f"name={'n' * 101}", ["'name'", "at most 100 characters"]),
+    ("demo_pretrain.train_per_class=1", ["'demo_pretrain.batch_size' = 64",
+                                         "num_classes x train_per_class = 40"]),
+])
+def test_more_bad_values_are_refused(override, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(DEMO, [override])
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_a_plain_mapping_key_inside_a_section_override_is_replaced_not_merged():
+    cfg = load_config(DEMO, ["model={kwargs: {depth: 2}}"])
+    assert cfg.model.kwargs == {"depth": 2}  # as --set model.kwargs={depth: 2} gives
+
+
+def test_run_files_without_a_readable_config_are_refused_and_force_moves_them(tmp_path):
+    args = _args(["dataset.num_tasks=2"], epochs=1) + ["--output", "run"]
+    assert main_inprocess(args, tmp_path).returncode == 0
+    run = tmp_path / "run"
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    for broken in ("missing", "{{{"):
+        if broken == "missing":
+            (run / "config.yaml").unlink()
+        else:
+            (run / "config.yaml").write_text(broken)
+        proc = main_inprocess(args + ["--seed", "5"], tmp_path)
+        assert proc.returncode == 2 and "cannot be identified" in proc.stderr, proc.stderr
+        assert (run / "checkpoint.pt").read_bytes() == ckpt
+    proc = main_inprocess(args + ["--seed", "5", "--force"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (kept,) = [p for p in run.iterdir() if p.name.startswith("replaced-")]
+    assert (kept / "checkpoint.pt").read_bytes() == ckpt and (kept / "config.yaml").exists()
+    assert json.loads((run / "metrics.json").read_text())["seed"] == 5
+
+
+def test_resume_of_a_finished_run_writes_nothing(tmp_path):
+    args = _args(["dataset.num_tasks=2"], epochs=1) + ["--output", "run"]
+    assert main_inprocess(args, tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    proc = main_inprocess(args + ["--resume"], tmp_path)
+    assert proc.returncode == 0 and "already holds the complete results" in proc.stdout
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+
+
+def test_output_names_too_long_for_a_file_system_are_refused(tmp_path):
+    from splitlora.errors import WriteError
+    from splitlora.fileio import check_output_dir
+    with pytest.raises(WriteError, match="256 characters long"):
+        check_output_dir(tmp_path / ("o" * 256) / "run")
+    check_output_dir(tmp_path / ("o" * 255))  # the longest allowed name
+
+
+def test_weights_path_that_is_a_directory_is_named(tmp_path):
+    with pytest.raises(WeightsError, match="is a directory"):
+        read_state_dict(tmp_path)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--workdir", "FILE", "--parts", "env"], ["--workdir", "is a file"]),
+    (["--parts", ""], ["--parts names no part"]),
+])
+def test_gpu_check_refuses_a_file_as_workdir_and_no_parts(tmp_path, capsys, args, words):
+    from tools import gpu_check
+    (tmp_path / "FILE").write_text("x")
+    args = [str(tmp_path / a) if a == "FILE" else a for a in args]
+    assert gpu_check.main(args + ["--dry", "--out", str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("output, words", [("FILE", ["is a file"]), ("", ["--output is empty"])])
+def test_reproduce_refuses_a_file_or_nothing_as_output(tmp_path, output, words):
+    from tests.test_reproduce import reproduce_inprocess
+    (tmp_path / "FILE").write_text("x")
+    proc = reproduce_inprocess("--suite", "demo", "--output", output, cwd=tmp_path)
+    assert proc.returncode == 2 and all(w in proc.stderr for w in words), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]

@@ -772,6 +772,13 @@ def top_level_problem(args: argparse.Namespace) -> Optional[str]:
     if not math.isfinite(args.time_limit) or args.time_limit < least:
         return (f"--time-limit must be at least {least:g} seconds (with less every part would be "
                 f"skipped), got {args.time_limit:g}; the default is {DEFAULT_TIME_LIMIT:g}")
+    if args.workdir is not None:
+        from splitlora.errors import WriteError
+        from splitlora.fileio import check_output_dir
+        try:
+            check_output_dir(Path(args.workdir), "--workdir")
+        except WriteError as exc:
+            return str(exc)
     return output_file_problem(Path(args.out), "--out")
 
 
@@ -800,6 +807,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     names = [n.strip() for n in args.parts.split(",") if n.strip()]
     unknown = [n for n in names if n not in PART_NAMES]
+    if not names:
+        print(f"error: --parts names no part; known: {', '.join(PART_NAMES)}", file=sys.stderr)
+        return 2
     if unknown:
         print(f"error: unknown part(s) {', '.join(unknown)}; known: {', '.join(PART_NAMES)}",
               file=sys.stderr)
