@@ -230,6 +230,7 @@ def run_cli(args: argparse.Namespace) -> int:
             raise ConfigError("--output is empty: give a run directory, or leave --output out "
                               "for the default runs/<name>/<method>/seed<seed>")
         out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
+        session["out"] = out
         check_output_dir(out)
         from .runlock import RunLock
         setup_logging(logging.INFO if main_process else logging.WARNING)
@@ -256,12 +257,14 @@ def run_cli(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         from .checkpoint import CHECKPOINT_NAME
-        exp = session["exp"]
-        if exp is not None and (exp.out / CHECKPOINT_NAME).is_file():
+        run_dir = session.get("out")
+        if run_dir is not None and (run_dir / CHECKPOINT_NAME).is_file():
             message = ("interrupted: the last completed task is checkpointed; run the same "
                        "command (without --force) to continue")
-        else:
+        elif run_dir is not None:
             message = "interrupted before the first task completed: nothing to continue from"
+        else:
+            message = "interrupted"
         log_to_file(message)
         print(message, file=sys.stderr)
         return 130

@@ -337,19 +337,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"bad override {text!r}: '{'.'.join(parts[:i + 1])}' is not a "
                                   "section")
             node, cls = child, _section_type(cls, part)
-        section = _section_type(cls, parts[-1])
-        if section is not None:  # a whole section: merged key by key, never reset to defaults
-            if not isinstance(value, dict):
-                raise ConfigError(f"bad override {text!r}: '{'.'.join(parts)}' is a section; set "
-                                  f"its keys ({'.'.join(parts)}.KEY=VALUE) or give a mapping "
-                                  "of them")
-            try:
-                node[parts[-1]] = _merge(node.get(parts[-1]) or {}, value, section,
-                                         ".".join(parts) + ".")
-            except ConfigError as exc:
-                raise ConfigError(f"bad override {text!r}: {exc}") from None
-        else:
-            node[parts[-1]] = value
+        try:  # a whole section is merged key by key, never reset to the defaults
+            node.update(_merge(node, {parts[-1]: value}, cls, "".join(p + "." for p in parts[:-1])))
+        except ConfigError as exc:
+            raise ConfigError(f"bad override {text!r}: {exc}") from None
     return data
 
 
@@ -368,8 +359,8 @@ def _merge(base: dict, update: dict, cls: Optional[type] = None, where: str = ""
     for key, value in update.items():
         section = _section_type(cls, key) if isinstance(key, str) else None
         if section is not None and not isinstance(value, dict):
-            raise ConfigError(f"'{where}{key}' is a section; give a mapping of its keys, not "
-                              f"{value!r}")
+            raise ConfigError(f"'{where}{key}' is a section; set its keys ({where}{key}.KEY="
+                              f"VALUE) or give a mapping of them, not {value!r}")
         # a sub-section merges; any other key (model.kwargs too) takes the value as given
         out[key] = value if section is None else _merge(out.get(key) or {}, value, section,
                                                         f"{where}{key}.")
