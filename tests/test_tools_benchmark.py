@@ -2,9 +2,6 @@
 status 2, no traceback, nothing measured (no output on stdout) and nothing written."""
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import io
 import json
 import subprocess
 from pathlib import Path
@@ -12,26 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.test_bad_input import _benchmark_inprocess, _tree
 
 
 def _bench(args: list[str]) -> subprocess.CompletedProcess:
-    """benchmark.py's main() in this process (its torch import is most of a subprocess)."""
-    spec = importlib.util.spec_from_file_location("bench_tool_args", REPO / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = module.main(args)
-        except SystemExit as exc:
-            code = exc.code
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
-def _tree(folder: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(folder.rglob("*"))}
+    return _benchmark_inprocess(args, Path.cwd())
 
 
 BAD = {  # case -> (arguments (tmp -> list), words the error line must contain)
