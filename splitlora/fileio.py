@@ -82,21 +82,18 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def check_output_dir(path: Path, what: str = "--output") -> None:
-    """Refuse an output folder that cannot be created or written, before anything is written.
-
-    ``path`` may exist (a folder) or not; its nearest existing ancestor must be a writable
-    folder (tested by creating and removing a temporary file there: permission bits, read-only
-    file systems and root all answer truthfully).
-    """
-    path = Path(path)
+def _check_names(path: Path, what: str) -> None:
     too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
     if too_long:
         raise WriteError(f"{what} {path}: the name {too_long[0][:40]}... is {len(too_long[0])} "
                          "characters long; file systems allow 255 bytes per name")
-    if path.exists() and not path.is_dir():
-        raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
-    probe = path
+
+
+def _check_writable_from(path: Path, start: Path, what: str) -> None:
+    """The nearest existing ancestor of ``start`` (itself included) must be a folder this
+    process can create files in (tested by creating and removing a temporary file there:
+    permission bits, read-only file systems and root all answer truthfully)."""
+    probe = start
     while not probe.exists():
         if probe.is_symlink():
             raise WriteError(f"{what} {path}: {probe} is a symbolic link to a missing target")
@@ -112,7 +109,32 @@ def check_output_dir(path: Path, what: str = "--output") -> None:
         os.unlink(tmp)
     except OSError as exc:
         raise WriteError(f"{what} {path}: cannot write in {probe} ({_os_reason(exc)}); pass a "
-                         "folder you can write to") from None
+                         "path you can write to") from None
+
+
+def check_output_dir(path: Path, what: str = "--output") -> None:
+    """Refuse an output folder that cannot be created or written, before anything is written.
+    ``path`` may exist (a folder) or not."""
+    path = Path(path)
+    _check_names(path, what)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
+    _check_writable_from(path, path, what)
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Refuse a path that could not receive a tool's output file (``--json``, ``--out``)
+    before the work starts. The file may exist (it is replaced) or not; missing folders in
+    between are created when it is written."""
+    path = Path(path)
+    _check_names(path, what)
+    if path.is_dir():
+        raise WriteError(f"{what} {path} is a folder; pass the path of a file, e.g. "
+                         f"{path / 'results.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise WriteError(f"{what} {path} exists and cannot be written (permission denied); pass "
+                         "another file")
+    _check_writable_from(path, path.parent, what)
 
 
 def read_json(path: Path) -> dict:

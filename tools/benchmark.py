@@ -50,7 +50,6 @@ from models import ContinualViT  # noqa: E402
 from splitlora.covariance import CovarianceAccumulator, collect_covariance  # noqa: E402
 from splitlora.fileio import atomic_write_text  # noqa: E402
 from splitlora.subspace import kaiming_uniform_A  # noqa: E402
-from tools._outfile import output_file_problem  # noqa: E402
 
 SMALL_VIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 16}
 IMAGE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG"}  # --data-sizes extension -> PIL
@@ -120,9 +119,12 @@ def check_args(args: argparse.Namespace) -> Optional[str]:
             except ValueError as exc:
                 return str(exc)
     if args.json is not None:
-        problem = output_file_problem(Path(args.json), "--json")
-        if problem:
-            return problem
+        from splitlora.errors import WriteError
+        from splitlora.fileio import check_output_file
+        try:
+            check_output_file(Path(args.json), "--json")
+        except WriteError as exc:
+            return str(exc)
     if not args.data_only:
         return model_problem(args)
     return None

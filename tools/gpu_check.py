@@ -766,20 +766,20 @@ def top_level_problem(args: argparse.Namespace) -> Optional[str]:
     """What is wrong with --time-limit or --out (None if nothing), checked before any part runs."""
     import math
 
-    from tools._outfile import output_file_problem
+    from splitlora.errors import WriteError
+    from splitlora.fileio import check_output_dir, check_output_file
 
     least = MIN_PART_BUDGET + END_RESERVE
     if not math.isfinite(args.time_limit) or args.time_limit < least:
         return (f"--time-limit must be at least {least:g} seconds (with less every part would be "
                 f"skipped), got {args.time_limit:g}; the default is {DEFAULT_TIME_LIMIT:g}")
-    if args.workdir is not None:
-        from splitlora.errors import WriteError
-        from splitlora.fileio import check_output_dir
-        try:
+    try:
+        if args.workdir is not None:
             check_output_dir(Path(args.workdir), "--workdir")
-        except WriteError as exc:
-            return str(exc)
-    return output_file_problem(Path(args.out), "--out")
+        check_output_file(Path(args.out), "--out")
+    except WriteError as exc:
+        return str(exc)
+    return None
 
 
 def _device(dry: bool) -> str:
