@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from splitlora.config import ConfigError, config_hash, load_config, parse_override  # noqa: E402
-from splitlora.errors import WriteError  # noqa: E402
-from splitlora.fileio import check_output_dir  # noqa: E402
+from splitlora.run.errors import WriteError  # noqa: E402
+from splitlora.run.fileio import check_output_dir  # noqa: E402
 from splitlora.results import collect_rows, load_published, read_metrics, write_summary  # noqa: E402
 
 # Signals that stop a reproduction, and what each run is sent in turn (a run stops after

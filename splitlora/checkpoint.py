@@ -14,8 +14,8 @@ import torch
 
 from models import load_error_reason
 
-from .errors import UserError
-from .fileio import atomic_write_bytes
+from .run.errors import UserError
+from .run.fileio import atomic_write_bytes
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1

@@ -18,8 +18,8 @@ from typing import Optional
 
 from .config import (RESUMABLE_KEYS, Config, ConfigError, config_warnings, dump_yaml, flatten,
                      load_config, to_dict)
-from .errors import WriteError, is_user_error, user_message
-from .fileio import check_output_dir, read_json
+from .run.errors import WriteError, is_user_error, user_message
+from .run.fileio import check_output_dir, read_json
 from .logs import attach_log_file, log_to_file, setup_logging
 
 log = logging.getLogger("splitlora")

@@ -24,7 +24,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .errors import UserError
+from .run.errors import UserError
 
 
 class ConfigError(UserError, ValueError):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .config import TrainConfig
 from .covariance import CovarianceAccumulator, collect_covariance
-from .errors import NumericalError
+from .run.errors import NumericalError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from . import engine, loading
 from .checkpoint import CheckpointError, save_checkpoint
 from .config import Config, config_hash, dump_yaml
 from .distributed import ShardSampler, all_reduce_counts, init_distributed, per_rank_batch
-from .fileio import atomic_write_text, read_json, write_json_atomic
+from .run.fileio import atomic_write_text, read_json, write_json_atomic
 from .build import build_model, check_names, resolve_device, weights_fingerprint, weights_info
 from .learner import Learner, Stream, build_learner, derived_seed, get_method
 from .metrics import AccuracyTracker

@@ -26,7 +26,7 @@ from . import engine
 from .config import Config, ConfigError, flatten, to_dict
 from .covariance import CovarianceAccumulator
 from .distributed import DistInfo
-from .errors import NumericalError
+from .run.errors import NumericalError
 from .subspace import (free_basis_from_spectrum, init_lora_A, interference, kaiming_uniform_A,
                        spectrum, split_point, threshold_split_point)
 

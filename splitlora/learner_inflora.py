@@ -27,7 +27,7 @@ from . import engine
 from .config import Config
 from .covariance import CovarianceAccumulator
 from .distributed import DistInfo
-from .errors import NumericalError
+from .run.errors import NumericalError
 from .inflora import REMOVE, design_A, first_basis, old_dims, threshold_schedule, update_basis
 from .learner import Learner, register_method
 

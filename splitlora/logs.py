@@ -10,7 +10,7 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from .errors import WriteError
+from .run.errors import WriteError
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -21,7 +21,7 @@ from models import create_backbone
 
 from .config import Config, ConfigError
 from .engine import make_loader
-from .fileio import atomic_write_bytes
+from .run.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from .run.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,7 @@ def patch_module(module, spec: str) -> Callable[[], None]:
         undo.append((obj, attr, getattr(obj, attr)))
         setattr(obj, attr, new)
     name = module.__name__
-    if kind in ("pause", "enospc") and name in ("splitlora.fileio", "splitlora.checkpoint"):
+    if kind in ("pause", "enospc") and name in ("splitlora.run.fileio", "splitlora.checkpoint"):
         swap(module, "atomic_write_bytes",
              _write_wrapper(module.atomic_write_bytes, kind, arg, nth))
     if kind == "nan_loss" and name == "splitlora.engine":
@@ -112,7 +112,7 @@ def patch_module(module, spec: str) -> Callable[[], None]:
 def injected(spec: str) -> Iterator[None]:
     """The fault, in this process, for the duration of the block."""
     undos = []
-    mods = ("splitlora.fileio", "splitlora.checkpoint") if not spec.startswith("nan_loss") \
+    mods = ("splitlora.run.fileio", "splitlora.checkpoint") if not spec.startswith("nan_loss") \
         else ("splitlora.engine",)
     for name in mods:
         undos.append(patch_module(importlib.import_module(name), spec))
@@ -136,7 +136,7 @@ def install_import_hook(spec: str) -> None:
 
     class Hook(MetaPathFinder):
         def find_spec(self, fullname, path, target=None):
-            if fullname not in ("splitlora.fileio", "splitlora.engine"):
+            if fullname not in ("splitlora.run.fileio", "splitlora.engine"):
                 return None
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):

@@ -240,8 +240,8 @@ def test_resume_of_a_finished_run_writes_nothing(tmp_path):
 
 
 def test_output_names_too_long_for_a_file_system_are_refused(tmp_path):
-    from splitlora.errors import WriteError
-    from splitlora.fileio import check_output_dir
+    from splitlora.run.errors import WriteError
+    from splitlora.run.fileio import check_output_dir
     with pytest.raises(WriteError, match="256 characters long"):
         check_output_dir(tmp_path / ("o" * 256) / "run")
     check_output_dir(tmp_path / ("o" * 255))  # the longest allowed name

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: splitlora.fileio
-from splitlora.fileio import atomic_replace, atomic_write_text  # noqa: E402  (light: no torch)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: splitlora.run.fileio
+from splitlora.run.fileio import atomic_replace, atomic_write_text  # noqa: E402  (light: no torch)
 
 SPLITS: tuple[str, str] = ("train", "val")
 MODES: tuple[str, ...] = ("symlink", "hardlink", "copy")

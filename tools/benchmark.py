@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from datasets import transforms as tf  # noqa: E402
 from models import ContinualViT  # noqa: E402
 from splitlora.covariance import CovarianceAccumulator, collect_covariance  # noqa: E402
-from splitlora.fileio import atomic_write_text  # noqa: E402
+from splitlora.run.fileio import atomic_write_text  # noqa: E402
 from splitlora.subspace import kaiming_uniform_A  # noqa: E402
 
 SMALL_VIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "patch_size": 16}
@@ -119,8 +119,8 @@ def check_args(args: argparse.Namespace) -> Optional[str]:
             except ValueError as exc:
                 return str(exc)
     if args.json is not None:
-        from splitlora.errors import WriteError
-        from splitlora.fileio import check_output_file
+        from splitlora.run.errors import WriteError
+        from splitlora.run.fileio import check_output_file
         try:
             check_output_file(Path(args.json), "--json")
         except WriteError as exc:

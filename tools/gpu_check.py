@@ -766,8 +766,8 @@ def top_level_problem(args: argparse.Namespace) -> Optional[str]:
     """What is wrong with --time-limit or --out (None if nothing), checked before any part runs."""
     import math
 
-    from splitlora.errors import WriteError
-    from splitlora.fileio import check_output_dir, check_output_file
+    from splitlora.run.errors import WriteError
+    from splitlora.run.fileio import check_output_dir, check_output_file
 
     least = MIN_PART_BUDGET + END_RESERVE
     if not math.isfinite(args.time_limit) or args.time_limit < least:
@@ -822,7 +822,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.dry and device != "cuda":
         print("warning: no CUDA device: measuring on the CPU (use --dry for the quick form)",
               file=sys.stderr)
-    from splitlora.fileio import atomic_write_text
+    from splitlora.run.fileio import atomic_write_text
 
     started = time.time()
     out_path = Path(args.out)
