@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from splitlora.cli import run_cli
+    from splitlora.run.cli import run_cli
     return run_cli(args)
 
 

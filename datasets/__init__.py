@@ -1,6 +1,6 @@
 """Benchmarks, the folder layout, class order and task split, transforms, synthetic data."""
 from .benchmarks import (BENCHMARKS, Benchmark, BenchmarkSpec, build_benchmark, check_folder_root,
-                         identity_changes, register_benchmark)
+                         register_benchmark)
 from .folder import (BadImageError, BadSample, Batch, DataError, FolderImageSet, ImageSet, Repeated,
                      TaskDataset, skipping_collate)
 from .synthetic import SyntheticImageSet, class_images
@@ -9,6 +9,6 @@ from .tasks import class_order, split_tasks
 __all__ = [
     "BENCHMARKS", "BadImageError", "BadSample", "Batch", "Benchmark", "BenchmarkSpec", "DataError", "FolderImageSet",
     "ImageSet", "Repeated", "SyntheticImageSet", "TaskDataset", "build_benchmark",
-    "check_folder_root", "class_images", "identity_changes", "class_order", "register_benchmark", "skipping_collate",
+    "check_folder_root", "class_images", "class_order", "register_benchmark", "skipping_collate",
     "split_tasks",
 ]

@@ -77,35 +77,6 @@ class Benchmark:
         return TaskDataset(images, classes, label_offset, transform, skip_bad)
 
 
-def identity_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
-    """What differs between two :meth:`Benchmark.identity` records, one line per difference
-    (at most ``limit`` of each kind)."""
-    changes: list[str] = []
-    if old.get("benchmark") != new.get("benchmark"):
-        changes.append(f"benchmark {old.get('benchmark')!r} -> {new.get('benchmark')!r}")
-    old_classes = [c for t in old.get("task_classes", []) for c in t]
-    new_classes = [c for t in new.get("task_classes", []) for c in t]
-    old_set, new_set = set(old_classes), set(new_classes)
-    added = [c for c in new_classes if c not in old_set]
-    removed = [c for c in old_classes if c not in new_set]
-    if added:
-        changes.append(f"classes added: {', '.join(added[:limit])}" + (" ..." if len(added) > limit else ""))
-    if removed:
-        changes.append(f"classes removed: {', '.join(removed[:limit])}" + (" ..." if len(removed) > limit else ""))
-    if not added and not removed and old.get("task_classes") != new.get("task_classes"):
-        changes.append("the classes are assigned to tasks in another order")
-    for split in ("train", "val"):
-        a, b = old.get("counts", {}).get(split, {}), new.get("counts", {}).get(split, {})
-        diff = [f"{c}: {a[c]} -> {b[c]}" for c in a if c in b and a[c] != b[c]]
-        if diff:
-            changes.append(f"{split} image counts changed ({len(diff)} classes): "
-                           + ", ".join(diff[:limit]) + (" ..." if len(diff) > limit else ""))
-        same_counts = not diff and not added and not removed
-        if same_counts and old.get("files_sha256", {}).get(split) != new.get("files_sha256", {}).get(split):
-            changes.append(f"{split} file names changed (same counts)")
-    return changes
-
-
 @dataclass(frozen=True)
 class BenchmarkSpec:
     name: str

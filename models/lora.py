@@ -1,14 +1,18 @@
 """LoRA on slices of a fused qkv projection, wrapping timm's ``attn.qkv`` Linear.
 
-The wrapper keeps the original Linear as ``base_layer`` (as peft's LoRA Linear does) and
-adds, for each target slice s in (q, k, v), the current task's update B_s A_s with scale 1.
-A is frozen by default, B starts at zero and trains. ``merge()`` folds B A into the base
-weight for good, so finished tasks cost nothing at forward time.
+The wrapper keeps the original Linear as ``base_layer`` (as peft's LoRA Linear does) and adds,
+for each target slice s in (q, k, v), the current task's update ``B_s A_s`` with scale 1:
+
+    qkv(x) = W x + [B_s A_s x on the rows of slice s]
+
+A is frozen unless a method trains it, B starts at zero. ``merge()`` folds ``B A`` into W for
+good (``W <- W + B A``, in float32), so finished tasks cost nothing at forward time.
 """
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+import math
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,31 +23,38 @@ SLICES = ("q", "k", "v")
 log = logging.getLogger(__name__)
 
 
+def kaiming_uniform_A(rank: int, dim: int, generator: Optional[torch.Generator] = None,
+                      dtype: torch.dtype = torch.float32) -> Tensor:
+    """PyTorch's default Linear init (Kaiming-uniform, a = sqrt(5)) for an (rank, dim) A:
+    gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / dim) = 1 / sqrt(dim).
+
+    Returns:
+        (rank, dim) tensor.
+    """
+    bound = 1.0 / math.sqrt(dim)
+    return torch.empty(rank, dim, dtype=dtype).uniform_(-bound, bound, generator=generator)
+
+
 class LoRAQKV(nn.Module):
     """``base_layer(x)`` plus a rank-r update on the target slices of its output.
 
-    Shapes: base_layer is Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r).
+    Shapes: base_layer Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r).
     """
 
     def __init__(self, base_layer: nn.Linear, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"expected an nn.Linear qkv projection, got {type(base_layer).__name__}")
-        if base_layer.out_features % 3:
-            raise ValueError(f"qkv out_features {base_layer.out_features} is not divisible by 3")
-        unknown = [t for t in targets if t not in SLICES]
-        if unknown or not targets:
+        if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3:
+            raise TypeError(f"expected a fused qkv nn.Linear, got {base_layer}")
+        if not targets or any(t not in SLICES for t in targets):
             raise ValueError(f"LoRA targets must be among {SLICES}, got {list(targets)}")
         self.base_layer = base_layer
         self.targets = tuple(targets)
         self.rank = rank
         self.in_features = base_layer.in_features
         self.width = base_layer.out_features // 3
-        w = base_layer.weight
-        n = len(self.targets)
-        self.lora_A = nn.Parameter(torch.zeros(n, rank, self.in_features, dtype=w.dtype, device=w.device),
-                                   requires_grad=False)
-        self.lora_B = nn.Parameter(torch.zeros(n, self.width, rank, dtype=w.dtype, device=w.device))
+        w, n = base_layer.weight, len(self.targets)
+        self.lora_A = nn.Parameter(w.new_zeros(n, rank, self.in_features), requires_grad=False)
+        self.lora_B = nn.Parameter(w.new_zeros(n, self.width, rank))
         self.active = False  # False: no adapter (before the first task, or just merged)
 
     def slice_rows(self, target: str) -> slice:
@@ -58,19 +69,15 @@ class LoRAQKV(nn.Module):
         return dw
 
     def _stacked_B(self) -> Tensor:
-        """(3w, n r): B of each target placed at its slice rows and its rank columns.
-
-        One matmul z @ stacked_B^T and one add update every target slice at once, instead of
-        one in-place add per slice.
-        """
+        """(3w, n r): each target's B at its slice rows and its rank columns, so that one
+        matmul ``z @ stacked_B^T`` and one add update every target slice at once."""
         n, w, r = self.lora_B.shape
         blocks = []
         for s in SLICES:
             if s in self.targets:
                 i = self.targets.index(s)
-                row = [self.lora_B.new_zeros(w, i * r), self.lora_B[i],
-                       self.lora_B.new_zeros(w, (n - 1 - i) * r)]
-                blocks.append(torch.cat(row, dim=1))
+                blocks.append(torch.cat([self.lora_B.new_zeros(w, i * r), self.lora_B[i],
+                                         self.lora_B.new_zeros(w, (n - 1 - i) * r)], dim=1))
             else:
                 blocks.append(self.lora_B.new_zeros(w, n * r))
         return torch.cat(blocks, dim=0)
@@ -83,10 +90,8 @@ class LoRAQKV(nn.Module):
         return out + F.linear(z, self._stacked_B())
 
     @torch.no_grad()
-    def set_adapter(self, a: Tensor | Sequence[Tensor]) -> None:
-        """Start a new task's adapter: A given (n_targets, r, d) or one (r, d) per target; B = 0."""
-        if not isinstance(a, Tensor):
-            a = torch.stack(list(a))
+    def set_adapter(self, a: Tensor) -> None:
+        """Start a new task's adapter: A given as (n_targets, r, d); B = 0."""
         if tuple(a.shape) != tuple(self.lora_A.shape):
             raise ValueError(f"A has shape {tuple(a.shape)}, expected {tuple(self.lora_A.shape)}")
         self.lora_A.copy_(a)
@@ -109,25 +114,19 @@ class LoRAQKV(nn.Module):
 
 
 def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[LoRAQKV]:
-    """Replace ``block.attn.qkv`` of every block of a timm ViT by :class:`LoRAQKV`.
-
-    Returns the wrappers in block order.
-    """
+    """Replace ``block.attn.qkv`` of every block of a timm ViT by :class:`LoRAQKV`; returns the
+    wrappers in block order."""
     blocks = getattr(backbone, "blocks", None)
     if blocks is None:
         raise TypeError(f"{type(backbone).__name__} has no .blocks: not a timm Vision Transformer")
     wrappers = []
     for i, block in enumerate(blocks):
-        attn = getattr(block, "attn", None)
-        qkv = getattr(attn, "qkv", None)
-        if isinstance(qkv, LoRAQKV):
-            raise RuntimeError(f"block {i} already holds a LoRA wrapper")
+        qkv = getattr(getattr(block, "attn", None), "qkv", None)
         if not isinstance(qkv, nn.Linear):
             raise TypeError(f"block {i} has no fused attn.qkv Linear (found {type(qkv).__name__}); "
                             "only ViTs with a fused qkv projection are supported")
-        wrapper = LoRAQKV(qkv, rank, targets)
-        attn.qkv = wrapper
-        wrappers.append(wrapper)
+        block.attn.qkv = LoRAQKV(qkv, rank, targets)
+        wrappers.append(block.attn.qkv)
     width = min(wrappers[0].in_features, wrappers[0].width) if wrappers else 0
     if wrappers and rank >= width:
         log.warning("lora.rank = %d is not below the width %d of the qkv layers: the adapters are "
@@ -138,9 +137,4 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
 
 def lora_parameters(wrappers: Iterable[LoRAQKV], with_A: bool = False) -> list[nn.Parameter]:
     """The LoRA parameters that train: every wrapper's B, and its A too when ``with_A``."""
-    params = []
-    for w in wrappers:
-        params.append(w.lora_B)
-        if with_A:
-            params.append(w.lora_A)
-    return params
+    return [p for w in wrappers for p in ((w.lora_B, w.lora_A) if with_A else (w.lora_B,))]

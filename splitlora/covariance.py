@@ -1,24 +1,30 @@
-"""Streaming feature second moments of the adapted layers' inputs.
+"""The feature covariance of the adapted layers (SplitLoRA, step 1).
 
-One accumulator per adapted block (k and v share the qkv input, so one serves both). The
-sums and token counts accumulate across tasks and are never reset: after task t the
-covariance covers tasks 0..t, weighted by token count (docs/protocol.md).
+After each task one no-grad pass over the task's training data accumulates, for every block,
+the uncentred second moment of the input of ``attn.qkv`` (k and v read the same input, so one
+accumulator serves both), over every token:
 
-Collection uses forward pre-hooks that exist only inside :func:`collect_covariance`.
+    S_l += X^T X,   n_l += #tokens,   C_l = S_l / n_l        (X: (tokens, d))
+
+The sums and counts are never reset, so after task t, C_l covers tasks 0..t, each weighted by
+its token count. Collection uses forward pre-hooks that exist only inside
+:func:`collect_covariance`.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from .engine import autocast, progress_bar
 
 
 class CovarianceAccumulator:
     """Sums of x x^T and token counts for L layers of input width d.
 
-    State: ``sums`` (L, d, d) and ``counts`` (L,) on ``device`` in ``dtype``.
+    State: ``sums`` (L, d, d) in ``dtype`` and ``counts`` (L,) float64, on ``device``.
     """
 
     def __init__(self, num_layers: int, dim: int, dtype: torch.dtype = torch.float32,
@@ -42,22 +48,18 @@ class CovarianceAccumulator:
         self.counts[layer] += flat.shape[0]
 
     def covariance(self, layer: int) -> Tensor:
-        """(d, d) uncentred second moment sums / count (zeros before any token)."""
+        """(d, d) uncentred second moment ``S / n`` (zeros before any token)."""
         count = float(self.counts[layer])
-        if count == 0:
-            return torch.zeros_like(self.sums[layer])
-        return self.sums[layer] / count
+        return self.sums[layer] / count if count else torch.zeros_like(self.sums[layer])
 
     def add_(self, other: "CovarianceAccumulator") -> None:
-        """Add another accumulator's sums and counts (e.g. one task's pass) to this one."""
+        """Add another accumulator's sums and counts (one task's pass) to this one."""
         self.sums += other.sums
         self.counts += other.counts
 
     def all_reduce(self) -> None:
-        """Sum the state over a torch.distributed process group (no-op when not running).
-
-        Reduce only what this process collected since the last reduction (one pass), never
-        a running total that already holds reduced sums."""
+        """Sum over a torch.distributed process group (no-op when none runs). Reduce one pass's
+        accumulator, never a running total that already holds reduced sums."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.sums)
             torch.distributed.all_reduce(self.counts)
@@ -76,23 +78,34 @@ class CovarianceAccumulator:
 @contextlib.contextmanager
 def collect_covariance(modules: Sequence[nn.Module],
                        acc: CovarianceAccumulator) -> Iterator[CovarianceAccumulator]:
-    """Accumulate the input of ``modules[i]`` into layer i of ``acc`` while inside the block.
-
-    Hooks are forward pre-hooks, removed on exit (also on error).
-    """
+    """Accumulate the input of ``modules[i]`` into layer i of ``acc`` while inside the block
+    (forward pre-hooks, removed on exit, also on error)."""
     if len(modules) != acc.num_layers:
         raise ValueError(f"{len(modules)} modules but the accumulator has {acc.num_layers} layers")
     handles = []
-
-    def make_hook(layer: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            acc.update(layer, args[0])
-        return hook
-
     try:
         for i, module in enumerate(modules):
-            handles.append(module.register_forward_pre_hook(make_hook(i)))
+            handles.append(module.register_forward_pre_hook(
+                lambda _module, args, i=i: acc.update(i, args[0])))
         yield acc
     finally:
         for h in handles:
             h.remove()
+
+
+@torch.no_grad()
+def covariance_pass(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable,
+                    acc: CovarianceAccumulator, device: torch.device,
+                    amp_dtype: Optional[torch.dtype] = None, desc: str = "covariance",
+                    progress: bool = False) -> int:
+    """One no-grad pass of ``model.features`` over ``batches``, accumulating the inputs of
+    ``modules`` into ``acc``; returns the number of images."""
+    model.eval()
+    images_seen = 0
+    with collect_covariance(modules, acc):
+        for images, _ in progress_bar(batches, desc, progress):
+            images = images.to(device, non_blocking=True)
+            with autocast(device, amp_dtype):
+                model.features(images) if hasattr(model, "features") else model(images)
+            images_seen += images.shape[0]
+    return images_seen

@@ -1,34 +1,51 @@
-"""Training, evaluation and covariance passes (the protocol of docs/protocol.md).
+"""The training and evaluation passes of a task (docs/protocol.md, points 6, 9-15, 24).
 
-The backbone stays in eval mode throughout, as in the official code (only LoRA and the
-head train; a ViT without dropout behaves identically either way).
+The backbone stays in eval mode throughout, as in the official code (only LoRA and the head
+train; a ViT without dropout behaves identically either way).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch import Tensor, nn
 from tqdm import tqdm
-
-from .config import TrainConfig
-from .covariance import CovarianceAccumulator, collect_covariance
-from .run.errors import NumericalError
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(NumericalError):
-    """The training loss became NaN or infinite."""
+@dataclass
+class TrainConfig:
+    """Optimisation of each task (AdamW, multistep schedule per epoch)."""
+
+    epochs: int = 10  # epochs per task
+    # timm's multistep schedule as the official code steps it: epoch e (1-based) runs at
+    # lr x gamma^(number of milestones <= e); [5, 8]: epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr
+    milestones: list[int] = field(default_factory=lambda: [5, 8])
+    gamma: float = 0.1  # decay factor at each milestone
+    lr: float = 1e-3  # AdamW lr of LoRA B
+    head_lr: float = 1e-2  # AdamW lr of the current task's head
+    weight_decay: float = 5e-5  # AdamW weight decay, both groups
+    batch_size: int = 256  # training batch (the global batch under torchrun)
+    expand_times: int = 10  # the task's training set is repeated this many times per epoch
+    temperature: float = 30.0  # cross-entropy on logits / temperature
+    amp: str = "auto"  # autocast: auto = fp16 with a grad scaler on CUDA, off on CPU
+    # data-loading worker processes; auto = the CPUs this process may use (shared by the
+    # torchrun processes of this machine) minus one
+    num_workers: Union[int, str] = "auto"
+    tf32: bool = True  # allow TF32 matmuls on CUDA (the official code sets precision 'high')
+    compile: bool = False  # torch.compile the training forward (eager if compilation fails)
+    max_bad_steps: int = 20  # fp16: consecutive non-finite losses tolerated (skipped) before stopping
 
 
-# --------------------------------------------------------------------------- precision
+class NumericalError(FloatingPointError):
+    """A non-finite loss or statistic: the run stops, its last checkpoint is kept."""
+
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     """autocast dtype for ``train.amp``: auto = fp16 on CUDA, off (None) on CPU."""
@@ -38,12 +55,13 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-# --------------------------------------------------------------------------- optimisation
+def progress_bar(iterable: Iterable, desc: str, enabled: bool = True):
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None if enabled else True)
+
 
 def make_optimizer(lora_params: Sequence[nn.Parameter], head_params: Sequence[nn.Parameter],
                    cfg: TrainConfig) -> torch.optim.AdamW:
@@ -54,80 +72,37 @@ def make_optimizer(lora_params: Sequence[nn.Parameter], head_params: Sequence[nn
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """The official schedule: timm's ``MultiStepLRScheduler`` stepped once per epoch.
-
-    The training loop calls ``step(0)`` before the first epoch and ``step(e)`` after epoch
-    e, as the official code does. timm compares the milestones with ``t + 1``, so epoch e
-    (1-based) runs at ``lr * gamma ** |{m in milestones : m <= e}|``: with milestones
-    [5, 8], epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr.
-    """
+    """The official schedule: timm's ``MultiStepLRScheduler`` stepped once per epoch, ``step(0)``
+    before the first epoch and ``step(e)`` after epoch e. timm compares the milestones with
+    ``t + 1``, so epoch e (1-based) runs at ``lr * gamma ** |{m in milestones : m <= e}|``."""
     from timm.scheduler import MultiStepLRScheduler
     return MultiStepLRScheduler(optimizer, decay_t=list(cfg.milestones), decay_rate=cfg.gamma,
                                 t_in_epochs=True)
 
 
-# --------------------------------------------------------------------------- data loading
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
-                device: torch.device, seed: int = 0, drop_last: bool = False,
-                sampler=None, collate_fn=None) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds derive from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
-                      drop_last=drop_last, generator=gen, collate_fn=collate_fn,
-                      persistent_workers=False)
-
-
-class SkipBadImages:
-    """Iterate a loader built with ``skipping_collate``: yield (images, labels) and record the
-    unreadable images it dropped in ``sink``."""
-
-    def __init__(self, loader: DataLoader, sink: set) -> None:
-        self.loader = loader
-        self.sink = sink
-        self.sampler = loader.sampler
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, labels, bad in self.loader:
-            self.sink.update(bad)
-            if images is not None:
-                yield images, labels
-
-
 class CompiledForward:
-    """``torch.compile(module)`` with a permanent fallback to eager mode when compilation is
-    unavailable or fails (no compiler, unsupported platform, ...)."""
+    """``torch.compile(module)``, falling back to eager mode for good when compilation fails
+    (no compiler, an unsupported platform or graph). Any other error propagates."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
-        self.compiled = None
         try:
             self.compiled = torch.compile(module)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("torch.compile unavailable (%s: %s); running eagerly",
-                        type(exc).__name__, str(exc)[:200])
+        except RuntimeError as exc:  # e.g. a platform torch.compile does not support
+            log.warning("torch.compile unavailable (%s); running eagerly", str(exc)[:200])
+            self.compiled = None
 
     def __call__(self, *args, **kwargs):
         if self.compiled is not None:
+            from torch._dynamo.exc import TorchDynamoException
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("torch.compile failed (%s: %s); running eagerly",
-                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            except TorchDynamoException as exc:  # compilation (backend, graph capture) failed
+                log.warning("torch.compile failed (%s: %s); running eagerly", type(exc).__name__,
+                            (str(exc).splitlines() or [""])[0][:200])
                 self.compiled = None
         return self.module(*args, **kwargs)
 
-
-def _progress(iterable: Iterable, desc: str, total: Optional[int] = None, enabled: bool = True):
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                disable=None if enabled else True)
-
-
-# --------------------------------------------------------------------------- passes
 
 @dataclass
 class EpochStats:
@@ -137,48 +112,52 @@ class EpochStats:
     loss: float
     acc: float
     images: int
+    steps: int  # optimizer steps taken
     seconds: float
 
 
-def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: int,
+def train_task(model: nn.Module, task: int, batches: Iterable, label_offset: int,
                lora_params: Sequence[nn.Parameter], head_params: Sequence[nn.Parameter],
                cfg: TrainConfig, device: torch.device, amp_dtype: Optional[torch.dtype],
-               progress: bool = True, step_hook=None) -> list[EpochStats]:
+               progress: bool = True, step_hook: Optional[Callable[[], None]] = None,
+               extra_loss: Optional[Callable[[Tensor, Tensor], Optional[Tensor]]] = None,
+               monitor=None) -> list[EpochStats]:
     """Train the current adapter and head on one task for ``cfg.epochs`` epochs.
 
-    Labels from the loader are global; the loss sees task-local labels on the current
-    head: cross-entropy(logits / temperature). ``step_hook()`` runs after every optimizer
-    step (e.g. to keep a trainable A inside its subspace).
+    Labels of ``batches`` are global; the loss sees task-local labels on the current head:
+    ``cross_entropy(logits / temperature, y) + extra_loss(logits, y)`` (a method's extra term,
+    None for none). ``step_hook()`` runs after every optimizer step; a ``monitor`` (run logs)
+    gets ``train_step(loss, lrs)`` after every step and ``epoch(stats)`` after every epoch.
     """
     optimizer = make_optimizer(lora_params, head_params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     model.eval()
-    stats = []
+    stats: list[EpochStats] = []
     bad_streak = 0  # with fp16 + scaler an overflowing step is skipped, as GradScaler does
     forward = CompiledForward(model) if cfg.compile else model
-    sampler = getattr(loader, "sampler", None)
     scheduler.step(0)
     for epoch in range(cfg.epochs):
-        if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new shuffle every epoch
-            sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        bar = _progress(loader, f"task {task} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
+        seen = steps = 0
+        bar = progress_bar(batches, f"task {task} epoch {epoch + 1}/{cfg.epochs}", progress)
         for step, (images, labels) in enumerate(bar):
             images = images.to(device, non_blocking=True)
             target = labels.to(device, non_blocking=True) - label_offset
             with autocast(device, amp_dtype):
                 logits = forward(images, task)
             loss = F.cross_entropy(logits.float() / cfg.temperature, target)
+            extra = extra_loss(logits, target) if extra_loss is not None else None
+            if extra is not None:
+                loss = loss + extra
             if not torch.isfinite(loss):
                 bad_streak += 1
                 if not use_scaler or bad_streak > cfg.max_bad_steps:
-                    raise NonFiniteLossError(
+                    raise NumericalError(
                         f"non-finite training loss ({loss.item()}) at task {task}, epoch "
                         f"{epoch + 1}, step {step}" + (f" ({bad_streak} steps in a row)"
                                                        if use_scaler else ""))
@@ -193,31 +172,35 @@ def train_task(model: nn.Module, task: int, loader: DataLoader, label_offset: in
             scaler.update()
             if step_hook is not None:
                 step_hook()
+            if monitor is not None:
+                monitor.train_step(loss.detach(), lrs)
+            steps += 1
             n = images.shape[0]
             loss_sum += loss.detach() * n
             correct += (logits.detach().argmax(1) == target).sum()
             seen += n
         scheduler.step(epoch + 1)
-        seconds = time.perf_counter() - t0
         s = EpochStats(epoch + 1, lrs.get("lora", lrs.get("head")), lrs.get("head"),
-                       float(loss_sum) / max(seen, 1),
-                       100.0 * float(correct) / max(seen, 1), seen, seconds)
+                       float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1),
+                       seen, steps, time.perf_counter() - t0)
         stats.append(s)
         log.info("task %d epoch %d/%d: lr %.2e head lr %.2e loss %.4f train acc %.2f%% "
                  "(%d images, %.1fs, %.0f img/s)", task, s.epoch, cfg.epochs, s.lr, s.head_lr,
                  s.loss, s.acc, s.images, s.seconds, s.images / max(s.seconds, 1e-9))
+        if monitor is not None:
+            monitor.epoch(s)
     return stats
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+def evaluate(model: nn.Module, batches: Iterable, device: torch.device,
              amp_dtype: Optional[torch.dtype], desc: str = "eval",
              progress: bool = True) -> tuple[int, int]:
     """(correct, total) of argmax over all heads' concatenated logits vs global labels."""
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     total = 0
-    for images, labels in _progress(loader, desc, enabled=progress):
+    for images, labels in progress_bar(batches, desc, progress):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
@@ -225,20 +208,3 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
         correct += (logits.argmax(1) == labels).sum()
         total += labels.shape[0]
     return int(correct), total
-
-
-@torch.no_grad()
-def covariance_pass(model: nn.Module, modules: Sequence[nn.Module], loader: DataLoader,
-                    acc: CovarianceAccumulator, device: torch.device,
-                    amp_dtype: Optional[torch.dtype], desc: str = "covariance",
-                    progress: bool = True) -> int:
-    """One no-grad pass accumulating the inputs of ``modules`` into ``acc``; returns #images."""
-    model.eval()
-    images_seen = 0
-    with collect_covariance(modules, acc):
-        for images, _ in _progress(loader, desc, enabled=progress):
-            images = images.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                model.features(images) if hasattr(model, "features") else model(images)
-            images_seen += images.shape[0]
-    return images_seen

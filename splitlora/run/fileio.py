@@ -1,6 +1,9 @@
-"""Atomic file writes: a temporary file in the same folder, flushed, then renamed.
+"""Files the project reads and writes, safely (light module: no torch).
 
-A process killed at any instant leaves either the old file or the new one, never a torn one.
+Writes are atomic: a temporary file in the same folder, flushed, then renamed over the target,
+so a process killed at any instant leaves the old file or the new one, never a torn one; the
+rename replaces a link itself, so no write follows a link out of its folder. Reads of files a
+user hands over (configs, run files) accept only regular files, of bounded size.
 """
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -15,9 +19,62 @@ from typing import Any, Callable, Optional
 from .errors import WriteError
 
 
-def _os_reason(exc: OSError) -> str:
+def os_reason(exc: OSError) -> str:
     name = errno.errorcode.get(exc.errno or -1)
     return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
+
+
+def kind_of(mode: int) -> str:
+    """What a file of ``st_mode`` is, in words."""
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: Path, what: str, error: type[Exception], hint: str = "") -> int:
+    """Refuse anything but an existing regular file (a link to one is fine); returns its size.
+    ``error(message)`` says what the path is instead (missing, a directory, a FIFO, ...)."""
+    suffix = f"; {hint}" if hint else ""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        broken = os.path.islink(path)
+        raise error(f"{what} {path} " + ("is a symbolic link to a missing file" if broken else
+                                         "not found") + suffix) from None
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {os_reason(exc)}{suffix}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what} {path} is {kind_of(st.st_mode)}, not a file{suffix}")
+    return st.st_size
+
+
+def read_regular_file(path: Path, what: str, limit: int, error: type[Exception],
+                      hint: str = "") -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``error`` otherwise)."""
+    size = check_regular_file(path, what, error, hint)
+    if size > limit:
+        raise error(f"{what} {path} is {size} bytes, more than the {limit} a file of its kind "
+                    "can need")
+    try:  # O_NONBLOCK: a file swapped for a FIFO meanwhile cannot hang the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise error(f"{what} {path} is not a regular file")
+            return f.read(limit + 1)[:limit]
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read: {os_reason(exc)}") from None
+
+
+def read_json(path: Path, limit: int = 64 << 20) -> dict:
+    """A JSON object from a regular file; {} when absent, unreadable, too big or no object."""
+    try:
+        data = json.loads(read_regular_file(Path(path), "file", limit, OSError))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -51,7 +108,7 @@ def atomic_replace(path: Path, write: Callable[[Path], None],
 
 
 def _write_file(tmp: Path, data: bytes) -> None:
-    """A new file holding ``data``, flushed to disk (its mode follows the umask)."""
+    """A new file holding ``data``, flushed to disk (O_EXCL: never through a link)."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -62,15 +119,14 @@ def _write_file(tmp: Path, data: bytes) -> None:
 def atomic_write_bytes(path: Path, data: bytes,
                        before_replace: Optional[Callable[[], None]] = None,
                        suffix: str = ".tmp") -> None:
-    """Write ``data`` to ``path`` atomically and durably. A failure to write (full disk,
-    permissions) is a :class:`WriteError` naming the file; the previous ``path``, if any, is
-    left as it was."""
+    """Write ``data`` to ``path`` atomically and durably. A failure (full disk, permissions) is a
+    :class:`WriteError` naming the file; the previous ``path``, if any, is left as it was."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_replace(path, lambda tmp: _write_file(tmp, data), before_replace, suffix)
     except OSError as exc:
-        raise WriteError(f"cannot write {path}: {_os_reason(exc)}") from None
+        raise WriteError(f"cannot write {path}: {os_reason(exc)}") from None
     _fsync_dir(path.parent)
 
 
@@ -80,6 +136,17 @@ def atomic_write_text(path: Path, text: str, suffix: str = ".tmp") -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def open_append_no_follow(path: Path):
+    """``path`` opened for appending text, refusing a symbolic link (a :class:`WriteError`)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        reason = ("it is a symbolic link; the project writes only files of its own there"
+                  if exc.errno == errno.ELOOP else os_reason(exc))
+        raise WriteError(f"cannot write {path}: {reason}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def _check_names(path: Path, what: str) -> None:
@@ -108,13 +175,12 @@ def _check_writable_from(path: Path, start: Path, what: str) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise WriteError(f"{what} {path}: cannot write in {probe} ({_os_reason(exc)}); pass a "
+        raise WriteError(f"{what} {path}: cannot write in {probe} ({os_reason(exc)}); pass a "
                          "path you can write to") from None
 
 
 def check_output_dir(path: Path, what: str = "--output") -> None:
-    """Refuse an output folder that cannot be created or written, before anything is written.
-    ``path`` may exist (a folder) or not."""
+    """Refuse an output folder that cannot be created or written, before anything is written."""
     path = Path(path)
     _check_names(path, what)
     if path.exists() and not path.is_dir():
@@ -123,9 +189,7 @@ def check_output_dir(path: Path, what: str = "--output") -> None:
 
 
 def check_output_file(path: Path, what: str) -> None:
-    """Refuse a path that could not receive a tool's output file (``--json``, ``--out``)
-    before the work starts. The file may exist (it is replaced) or not; missing folders in
-    between are created when it is written."""
+    """Refuse a path that could not receive a tool's output file, before the work starts."""
     path = Path(path)
     _check_names(path, what)
     if path.is_dir():
@@ -135,12 +199,3 @@ def check_output_file(path: Path, what: str) -> None:
         raise WriteError(f"{what} {path} exists and cannot be written (permission denied); pass "
                          "another file")
     _check_writable_from(path, path.parent, what)
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from ``path``; {} when absent, unreadable or not an object."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}

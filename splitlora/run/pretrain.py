@@ -10,6 +10,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,12 @@ from torch import nn
 
 from datasets import SyntheticImageSet, TaskDataset
 from datasets import transforms as tf
+from datasets.loading import make_loader
 from models import create_backbone
 
-from .config import Config, ConfigError
-from .engine import make_loader
-from .run.fileio import atomic_write_bytes
+from .config import Config
+from .errors import ConfigError
+from .fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +53,10 @@ def save_backbone(state: dict[str, torch.Tensor], path: Path, recipe: str) -> No
     atomic_write_bytes(path, data)
 
 
-def check_demo_backbone(cfg: Config) -> None:
-    """Refuse a cached demo backbone that was pretrained with another recipe (another
-    ``demo_pretrain``, model or synthetic image size) than this config asks for."""
-    path = Path(cfg.model.pretrained_file or "")
-    if not (cfg.demo_pretrain.enabled and cfg.model.pretrained_file and path.is_file()):
+def check_demo_backbone(cfg: Config, path: Optional[Path]) -> None:
+    """Refuse a cached demo backbone at ``path`` that was pretrained with another recipe
+    (another ``demo_pretrain``, model or synthetic image size) than this config asks for."""
+    if path is None or not path.is_file():
         return
     from safetensors import safe_open
     try:

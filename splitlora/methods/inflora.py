@@ -1,11 +1,18 @@
-"""The mathematics of InfLoRA (Liang & Li, CVPR 2024): the design of A and the DualGPM basis.
+"""InfLoRA (Liang & Li, CVPR 2024) as a method of this project: ``method.name: inflora``.
 
-Pure functions, tensors in and tensors out; docs/inflora.md relates each one to the lines of
-the official code it follows. Notation: d = input dimension of the adapted layer, r = LoRA
-rank, C = (d, d) uncentred second moment of one task's layer inputs.
+Same adapters as SplitLoRA (A frozen, B trained, on the ``lora.targets`` slices of qkv, merged
+after each task); only the choice of A differs:
 
-The old tasks' input subspace is stored as one orthonormal basis per layer, of one of two
-kinds (DualGPM):
+    before_task(t)  a no-grad pass over task t's training data with the model as it is gives
+                    this task's input second moment C_t per block; A_t = the top-r left
+                    singular vectors of C_t with the old subspace projected out, / sqrt(3)
+    after_task(t)   merge; a second pass (the trained model, task t alone) extends the
+                    old-task basis DualGPM-style with threshold lamb + (lame - lamb) t / T
+
+docs/inflora.md relates each function to the lines of the official code it follows.
+Notation: d = input dimension of the adapted layer, r = LoRA rank, C = (d, d) uncentred second
+moment of one task's layer inputs. The old tasks' input subspace is one orthonormal basis per
+layer, of one of two kinds (DualGPM):
 
 - ``remove``: the basis M (d, k) spans the old tasks' subspace;
 - ``retain``: the basis F (d, k) spans its orthogonal complement (the free subspace); used
@@ -15,11 +22,19 @@ Either way ``project_free(C)`` = (I - M M^T) C = F F^T C keeps only the free par
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ..covariance import CovarianceAccumulator, covariance_pass
+from ..engine import NumericalError
+from ..learner import Learner, Task, require
+
+log = logging.getLogger(__name__)
 
 REMOVE = "remove"
 RETAIN = "retain"
@@ -196,3 +211,112 @@ def old_dims(basis: Optional[Tensor], kind: str) -> int:
     if basis is None:
         return 0
     return basis.shape[1] if kind == REMOVE else basis.shape[0] - basis.shape[1]
+
+
+# ------------------------------------------------------------------- the learner
+@dataclass
+class InfLoRAParams:
+    """InfLoRA: the DualGPM threshold schedule and its covariance passes."""
+
+    # DualGPM threshold after task t of T: lamb + (lame - lamb) t / T. InfLoRA's configs:
+    # 0.98 / 1.0 for ImageNet-R, 0.95 / 1.0 for CIFAR-100 and DomainNet
+    lamb: float = 0.98
+    lame: float = 1.0  # the threshold the schedule rises toward
+    # faithful: the training loader (train transforms, x expand_times); plain: the eval
+    # transform, one copy of each image
+    cov_pass: str = "faithful"
+    cov_dtype: str = "float32"  # accumulator precision of the input second moments
+    cov_amp: bool = False  # run the passes' forward under autocast
+
+    def validate(self) -> None:
+        require(self.cov_pass in ("faithful", "plain"), "cov_pass", self.cov_pass,
+                "must be one of faithful, plain")
+        require(self.cov_dtype in ("float32", "float64"), "cov_dtype", self.cov_dtype,
+                "must be one of float32, float64")
+        require(0 < self.lamb < 1, "lamb", self.lamb,
+                "must be in (0, 1), e.g. 0.98 (InfLoRA's ImageNet-R value) or 0.95")
+        require(self.lamb <= self.lame <= 1, "lame", self.lame,
+                f"must be in [lamb, 1] = [{self.lamb}, 1], e.g. 1.0")
+
+
+class InfLoRA(Learner):
+    """A of every task designed from the task's own inputs, outside the old tasks' subspace.
+
+    State: per block an orthonormal basis (float32, CPU) and its kind, as DualGPM keeps them.
+    """
+
+    Params = InfLoRAParams
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bases: list[Optional[Tensor]] = [None] * len(self.model.adapters)
+        self.kinds: list[str] = [REMOVE] * len(self.model.adapters)
+        self._designed: list[Tensor] = []
+
+    def _task_covariance(self, task: Task, desc: str) -> list[Tensor]:
+        """One no-grad pass over a task's data: per block its (d, d) second moment (CPU,
+        float64), summed over the processes under torchrun."""
+        adapters = self.model.adapters
+        acc = CovarianceAccumulator(len(adapters), adapters[0].in_features,
+                                    getattr(torch, self.params.cov_dtype), self.device)
+        covariance_pass(self.model, adapters, task.data_pass(plain=self.params.cov_pass == "plain"),
+                        acc, self.device, self.amp_dtype if self.params.cov_amp else None, desc,
+                        self.progress)
+        acc.all_reduce()
+        covs = []
+        for layer in range(acc.num_layers):
+            c = acc.covariance(layer).to(torch.float64).cpu()
+            if not torch.isfinite(c).all():
+                raise NumericalError(f"the input second moment of block {layer} holds non-finite "
+                                     f"values ({desc}); the run stops (the checkpoint of the "
+                                     "previous task is kept). Check the data and train.amp.")
+            covs.append(c)
+        return covs
+
+    def before_task(self, task: Task) -> None:
+        self.seed_task(task.index)  # the pass's random transforms (single process)
+        covs = self._task_covariance(task, f"task {task.index} input (A design)")
+        self._designed = [design_A(c, self.rank, b, k)
+                          for c, b, k in zip(covs, self.bases, self.kinds)]
+        try:
+            super().before_task(task)
+        finally:
+            self._designed = []
+
+    def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
+        """The designed A (the same for every target slice, as InfLoRA's k and v share it)."""
+        return self._designed[layer]
+
+    def after_task(self, task: Task) -> None:
+        self.model.merge_adapters()
+        self.interference.append(None)
+        if task.last:  # no task follows: the basis would never be used
+            self.split_dims.append(None)
+            return
+        covs = self._task_covariance(task, f"task {task.index} input (DualGPM)")
+        threshold = threshold_schedule(task.index, self.num_tasks, self.params.lamb,
+                                       self.params.lame)
+        for layer, c in enumerate(covs):
+            if self.bases[layer] is None:
+                basis, kind = first_basis(c, threshold)
+            else:
+                basis, kind, _ = update_basis(c, self.bases[layer], self.kinds[layer], threshold)
+            self.bases[layer] = basis.to(torch.float32).contiguous()
+            self.kinds[layer] = kind
+        dims = [old_dims(b, k) for b, k in zip(self.bases, self.kinds)]
+        self.split_dims.append(dims)
+        log.info("task %d DualGPM (threshold %.4f): old-task dims per block %s of %d (%s)",
+                 task.index, threshold, dims, self.bases[0].shape[0],
+                 ", ".join(k[:3] for k in self.kinds))
+
+    def state_dict(self) -> dict:
+        return dict(super().state_dict(), kinds=list(self.kinds),
+                    bases=[None if b is None else b.detach().cpu().clone() for b in self.bases])
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if len(state["bases"]) != len(self.bases):
+            raise ValueError(f"InfLoRA state has {len(state['bases'])} blocks, the model "
+                             f"{len(self.bases)}")
+        self.bases = [None if b is None else b.to(torch.float32).cpu() for b in state["bases"]]
+        self.kinds = [str(k) for k in state["kinds"]]

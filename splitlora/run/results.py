@@ -14,7 +14,7 @@ from typing import Iterable, Optional
 
 import yaml
 
-from .run.fileio import atomic_write_text, read_json
+from .fileio import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 

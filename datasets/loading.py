@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Optional, Union
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
+from .folder import skipping_collate
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
@@ -120,20 +122,74 @@ class EpochStream:
 
 class DeviceBatches:
     """Iterate ``(images, labels)`` of ``loader`` with the images on ``device``, normalised
-    there by ``normalize`` when they arrive as uint8. Labels stay where they are."""
+    there by ``normalize`` when they arrive as uint8. Labels stay where they are. The n-th
+    iteration (from 0) first calls ``set_epoch(n)`` on a sampler that has it (a
+    DistributedSampler: a new shuffle every epoch)."""
 
     def __init__(self, loader, device: torch.device, normalize: Optional[Callable] = None) -> None:
         self.loader = loader
         self.device = device
         self.normalize = normalize
         self.sampler = getattr(loader, "sampler", None)
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
         for images, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
             if self.normalize is not None and images.dtype == torch.uint8:
                 images = self.normalize(images)
             yield images, labels
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
+                device: torch.device, seed: int = 0, drop_last: bool = False,
+                sampler: Optional[Sampler] = None, collate_fn: Optional[Callable] = None) -> DataLoader:
+    """A DataLoader whose shuffling and worker seeds derive from ``seed``."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
+                      sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
+                      drop_last=drop_last, generator=torch.Generator().manual_seed(seed),
+                      collate_fn=collate_fn, persistent_workers=False)
+
+
+class SkipBadImages:
+    """Iterate a loader built with ``skipping_collate``: yield (images, labels) and record the
+    unreadable images it dropped in ``sink``."""
+
+    def __init__(self, loader, sink: set) -> None:
+        self.loader = loader
+        self.sink = sink
+        self.sampler = getattr(loader, "sampler", None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for images, labels, bad in self.loader:
+            self.sink.update(bad)
+            if images is not None:
+                yield images, labels
+
+
+def batches(dataset: Dataset, batch_size: int, device: torch.device, workers: int,
+            shuffle: bool = True, seed: int = 0, sampler: Optional[Sampler] = None,
+            epochs: int = 1, normalize: Optional[Callable] = None,
+            bad_images: Optional[set] = None) -> DeviceBatches:
+    """The batches of ``dataset`` on ``device`` (normalised there when uint8): one epoch per
+    ``iter()``; with workers and several epochs one :class:`EpochStream` serves them all. With
+    ``bad_images`` (a set), unreadable images are dropped and their paths recorded there."""
+    collate = skipping_collate if bad_images is not None else None
+    if workers > 0 and epochs > 1 and shuffle:
+        loader = EpochStream(dataset, batch_size, workers, epochs, device, seed, sampler,
+                             collate_fn=collate)
+    else:
+        loader = make_loader(dataset, batch_size, shuffle, workers, device, seed,
+                             sampler=sampler, collate_fn=collate)
+    if bad_images is not None:
+        loader = SkipBadImages(loader, bad_images)
+    return DeviceBatches(loader, device, normalize)

@@ -1,0 +1,369 @@
+"""One experiment from a resolved config: the data, the model and the learner, the task loop.
+
+Run directory contents (written through :class:`splitlora.run.rundir.RunDir`): ``config.yaml``
+(resolved), ``log.txt``, ``metrics.json`` (rewritten after every task; ``"complete": true``
+once the last task is evaluated), ``env.json`` (versions, device, commit, weights, timings),
+``checkpoint.pt`` (the state after the last completed task, for an exact resume).
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch.utils.data import DistributedSampler
+
+from datasets import Benchmark, Repeated, build_benchmark, loading
+from datasets.cache import TaskImageCache
+from models import (ContinualViT, WeightsError, check_backbone, create_backbone, file_sha256,
+                    hub_weights_file, model_mean_std)
+from splitlora.learner import Learner, Stream, Task, derived_seed
+from splitlora.methods import get_method
+from splitlora.metrics import AccuracyTracker
+
+from .config import Config, to_dict
+from .distributed import (DistInfo, ShardSampler, all_reduce_counts, init_distributed,
+                          per_rank_batch)
+from .errors import ConfigError
+from .rundir import RunDir, utc_now
+
+log = logging.getLogger("splitlora")
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cache_dir() -> Path:
+    """Where the project caches what it makes (the demo backbone): ``$SPLITLORA_CACHE``, else
+    ``$XDG_CACHE_HOME/splitlora``, else ``~/.cache/splitlora``."""
+    if os.environ.get("SPLITLORA_CACHE"):
+        return Path(os.environ["SPLITLORA_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splitlora"
+
+
+def weights_path(cfg: Config) -> Optional[Path]:
+    """``model.pretrained_file`` as read: the demo's pretrained backbone (a relative path with
+    ``demo_pretrain.enabled``) lies in :func:`cache_dir`, whatever the working directory."""
+    if not cfg.model.pretrained_file:
+        return None
+    path = Path(cfg.model.pretrained_file).expanduser()
+    return cache_dir() / path if cfg.demo_pretrain.enabled and not path.is_absolute() else path
+
+
+def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
+    """``device`` config -> torch device; under torchrun each process takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
+                          "use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"config key 'device' = {name!r}: this machine has "
+                          f"{torch.cuda.device_count()} GPU(s), numbered from 0")
+    return torch.device("cuda", dist_info.local_rank) if device.type == "cuda" and dist_info.enabled \
+        else device
+
+
+def check_model(cfg: Config) -> None:
+    """The model name, its arguments and a cached demo backbone, before any data is read."""
+    if not timm.is_model(cfg.model.name):
+        close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)
+        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
+                          + (f"; did you mean {', '.join(close)}?" if close else ""))
+    check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
+    if cfg.demo_pretrain.enabled:
+        from .pretrain import check_demo_backbone
+        check_demo_backbone(cfg, weights_path(cfg))
+
+
+def build_model(cfg: Config, device: torch.device) -> ContinualViT:
+    """The backbone with its weights (pretraining the demo's first if asked), LoRA, heads."""
+    m, path = cfg.model, weights_path(cfg)
+    if path is not None and cfg.demo_pretrain.enabled and not path.exists():
+        from .pretrain import pretrain_synthetic_backbone
+        log.info("%s not found: pretraining the demo backbone on synthetic classes", path)
+        pretrain_synthetic_backbone(cfg, path, device)
+    try:
+        backbone = create_backbone(m.name, pretrained=m.pretrained,
+                                   pretrained_file=str(path) if path else None, img_size=m.img_size,
+                                   fused_attn=m.fused_attn, kwargs=m.kwargs)
+    except WeightsError as exc:
+        if not cfg.demo_pretrain.enabled:
+            raise
+        raise WeightsError(f"{exc} (it is the demo's pretrained backbone: delete {path} to "
+                           "pretrain it again)") from None
+    return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)
+
+
+def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
+    """Which weights the backbone was loaded from: source, tag or path, SHA-256."""
+    path = weights_path(cfg)
+    if path is not None:
+        path = path.resolve()
+        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+    if cfg.model.pretrained:
+        pcfg = getattr(backbone, "pretrained_cfg", None) or {}
+        cached = hub_weights_file(cfg.model.name)
+        return {"source": "hub", "tag": pcfg.get("tag"), "hf_hub_id": pcfg.get("hf_hub_id"),
+                "path": cached, "sha256": file_sha256(cached) if cached else None}
+    return {"source": "random init (model.pretrained: false)"}
+
+
+def git_commit() -> Optional[str]:
+    """HEAD commit of the project, with '-dirty' when tracked files changed; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") \
+        if head.returncode == 0 else None
+
+
+def peak_rss_gib() -> Optional[float]:
+    """Peak resident memory of this process so far, GiB (None where the platform lacks it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
+    return kib / 2**30 if sys.platform == "darwin" else kib / 2**20
+
+
+def environment(device: torch.device) -> dict:
+    import torchvision
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "hostname": platform.node(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "num_gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            "git_commit": git_commit()}
+
+
+class Experiment:
+    """Everything of one run. ``Experiment(cfg, run_dir)`` checks the names and the data;
+    ``build()`` makes the model (weights) and the learner; ``resume(checkpoint)`` restores a
+    checkpoint's state; ``run()`` runs the remaining tasks, writing after each."""
+
+    def __init__(self, cfg: Config, run_dir: RunDir, progress: bool = True, logger=None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.method = get_method(cfg.method.name)
+        check_model(cfg)
+        self.dist = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.logger = logger
+        if self.dist.enabled:  # the global batch must split evenly over the processes
+            per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        mean, std = model_mean_std(cfg.model.name)
+        # data first: a bad root fails before any model is built or downloaded
+        self.bench: Benchmark = build_benchmark(cfg.dataset, cfg.model.img_size, mean, std)
+        order_seed = cfg.dataset.class_order_seed
+        num_tasks = 1 if self.method.single_task else cfg.dataset.num_tasks
+        self.tasks = self.bench.tasks(num_tasks, cfg.seed if order_seed is None else order_seed,
+                                      cfg.dataset.shuffle_classes)
+        self.data_identity = self.bench.identity(self.tasks)
+        self.tracker = AccuracyTracker(len(self.tasks))
+        self.workers = {"train": loading.resolve_workers(cfg.train.num_workers),
+                        "eval": loading.resolve_workers(cfg.eval.num_workers)}
+        self.image_cache = TaskImageCache(cfg.dataset.cache, loading.usable_cpus(),
+                                          loading.processes_on_this_machine())
+        self.bad_images: set[str] = set()
+        self.model: Optional[ContinualViT] = None
+        self.learner: Optional[Learner] = None
+        self.env: dict = {}
+        self.timing = {"task_seconds": [], "wall_seconds": 0.0}
+        self.steps_done = 0  # optimizer steps of the completed tasks (the run logs' x axis)
+        self._clock = time.time()
+
+    def build(self) -> None:
+        """Build the model (download or load weights) and the learner."""
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(self.cfg, self.device)
+        self.learner = self.method(
+            self.model, self.device, self.cfg.train, getattr(self.cfg.method, self.cfg.method.name, None),
+            seed=self.cfg.seed, num_tasks=len(self.tasks), head_init=self.cfg.model.head_init,
+            progress=self.progress)
+        self.env = environment(self.device)
+        self.env.update(world_size=self.dist.world_size,
+                        weights=weights_info(self.cfg, self.model.backbone),
+                        data_loading={"train_workers": self.workers["train"],
+                                      "eval_workers": self.workers["eval"],
+                                      "cache": self.cfg.dataset.cache,
+                                      "normalize_on_device": self.bench.normalize is not None})
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue exactly after the last completed task."""
+        self._tick()
+        return {"config": to_dict(self.cfg), "tasks_done": self.tracker.tasks_done(),
+                "weights": self.env["weights"], "data": self.data_identity,
+                "qkv": [a.base_layer.state_dict() for a in self.model.adapters],
+                "head_sizes": [h.out_features for h in self.model.heads.heads],
+                "heads": self.model.heads.state_dict(), "learner": self.learner.state_dict(),
+                "tracker": self.tracker.state_dict(), "bad_images": sorted(self.bad_images),
+                "timing": dict(self.timing), "steps_done": self.steps_done,
+                "torch_rng": torch.get_rng_state()}
+
+    def resume(self, state: dict) -> None:
+        """Restore a checkpoint of this exact config, weights and data (refused otherwise)."""
+        from .rundir import CheckpointError
+        self.run_dir.verify(state, self.cfg, self.env["weights"], self.data_identity)
+        try:
+            for adapter, qkv in zip(self.model.adapters, state["qkv"], strict=True):
+                adapter.base_layer.load_state_dict(qkv)
+            for n in state["head_sizes"]:
+                self.model.heads.add_head(n).to(self.device)
+            self.model.heads.load_state_dict(state["heads"])
+            self.learner.load_state_dict(state["learner"])
+            self.tracker.load_state_dict(state["tracker"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {self.run_dir.path / 'checkpoint.pt'} does not fit "
+                                  f"this model ({type(exc).__name__}: {str(exc)[:200]})") from None
+        self.bad_images = set(state["bad_images"])
+        self.steps_done = int(state["steps_done"])
+        self.timing = {k: (list(v) if isinstance(v, list) else v) for k, v in state["timing"].items()}
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s after task %d of %d", self.run_dir.path, self.tracker.tasks_done(),
+                 len(self.tasks))
+
+    def _tick(self) -> None:
+        now = time.time()
+        self.timing["wall_seconds"] += now - self._clock
+        self._clock = now
+
+    # ----------------------------------------------------------------- data
+    def train_batches(self, task: int, data_pass: bool = False, plain: bool = False):
+        """Training data of a task (x expand_times). ``data_pass``: one pass on its own random
+        stream, with ``plain`` the evaluation transform and one copy of each image. Under
+        torchrun, training reads a DistributedSampler shard of the global batch, a data pass an
+        unpadded shard."""
+        cfg, classes = self.cfg, self.tasks[task]
+        plain = data_pass and plain
+        ds = self.bench.task_dataset("train", classes, task * len(classes),
+                                     self.bench.transform("eval", uint8=True) if plain else None,
+                                     skip_bad=cfg.dataset.skip_bad_images, uint8=True,
+                                     images=self.image_cache.for_classes(self.bench.train, classes))
+        if not plain:
+            ds = Repeated(ds, cfg.train.expand_times)
+        seed = derived_seed(cfg.seed, task, Stream.COVARIANCE_DATA if data_pass else Stream.TRAIN_DATA)
+        batch, sampler = cfg.train.batch_size, None
+        if self.dist.enabled:
+            batch = per_rank_batch(batch, self.dist, "train.batch_size")
+            sampler = (ShardSampler(ds, self.dist) if data_pass else DistributedSampler(
+                ds, self.dist.world_size, self.dist.rank, shuffle=True, seed=seed % 2**31))
+        return self._batches(ds, batch, True, self.workers["train"], seed, sampler,
+                             epochs=1 if data_pass else cfg.train.epochs)
+
+    def val_batches(self, task: int):
+        classes = self.tasks[task]
+        ds = self.bench.task_dataset("val", classes, task * len(classes),
+                                     skip_bad=self.cfg.dataset.skip_bad_images, uint8=True)
+        batch, sampler = self.cfg.eval.batch_size, None
+        if self.dist.enabled:
+            batch, sampler = max(1, batch // self.dist.world_size), ShardSampler(ds, self.dist)
+        return self._batches(ds, batch, False, self.workers["eval"], sampler=sampler)
+
+    def _batches(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
+                 sampler=None, epochs: int = 1):
+        return loading.batches(ds, batch_size, self.device, workers, shuffle, seed, sampler, epochs,
+                               self.bench.normalize,
+                               self.bad_images if self.cfg.dataset.skip_bad_images else None)
+
+    def task(self, t: int) -> Task:
+        classes = self.tasks[t]
+        return Task(t, len(classes), t * len(classes), t == len(self.tasks) - 1,
+                    batches=lambda: self.train_batches(t),
+                    data_pass=lambda plain=False: self.train_batches(t, True, plain))
+
+    # ----------------------------------------------------------------- run
+    def run_task(self, t: int) -> None:
+        t0 = time.perf_counter()
+        task = self.task(t)
+        self.learner.before_task(task)
+        stats = self.learner.train_task(task, self.logger)
+        self.steps_done += sum(s.steps for s in stats)
+        self.learner.after_task(task)
+        for j in range(t + 1):
+            correct, total = self.learner.evaluate(self.val_batches(j), f"eval task {j}")
+            self.tracker.update(t, j, *all_reduce_counts(correct, total, self.device))
+        self.timing["task_seconds"].append(time.perf_counter() - t0)
+        row, acc = self.tracker.acc_matrix()[t], self.tracker.acc_after_task()[t]
+        log.info("task %d/%d done in %.1fs: accuracy over seen tasks %.2f%% (per task: %s)",
+                 t + 1, len(self.tasks), self.timing["task_seconds"][-1], acc,
+                 ", ".join(f"{v:.1f}" for v in row[: t + 1]))
+        if self.bad_images:
+            log.warning("%d unreadable image(s) skipped so far", len(self.bad_images))
+
+    def metrics(self) -> dict:
+        """Results only (deterministic for a seed on CPU); timings live in env.json."""
+        done = self.tracker.tasks_done()
+        out = {"name": self.cfg.name, "method": self.cfg.method.name, "seed": self.cfg.seed,
+               "num_tasks": len(self.tasks), "tasks_done": done, "complete": done == len(self.tasks)}
+        out.update(self.tracker.summary())
+        out.update(split_dims=self.learner.split_dims, interference=self.learner.interference,
+                   task_classes=self.tasks, task_class_names=self.data_identity["task_classes"],
+                   bad_images={"count": len(self.bad_images),
+                               "files": sorted(self.bad_images)[:50]})
+        return out
+
+    def write_env(self, end: bool = False) -> None:
+        self._tick()
+        if not self.dist.is_main:
+            return
+        self.env.update(end_time=utc_now() if end else None, timing=dict(self.timing),
+                        peak_gpu_mem_gib=(torch.cuda.max_memory_allocated(self.device) / 2**30
+                                          if self.device.type == "cuda" else None))
+        rss = [v for v in (peak_rss_gib(), self.env.get("peak_rss_gib")) if v is not None]
+        self.env["peak_rss_gib"] = max(rss) if rss else None  # over the sessions of a run
+        self.run_dir.write_json("env.json", self.env)
+
+    def start(self, changes: list[str]) -> None:
+        """env.json for this session (keeping the first start time of a resumed run)."""
+        self._clock = time.time()
+        if not self.dist.is_main:
+            return
+        from .fileio import read_json
+        previous = read_json(self.run_dir.path / "env.json")
+        self.env["start_time"] = previous.get("start_time") or utc_now()
+        resumed = self.tracker.tasks_done() > 0
+        self.env["peak_rss_gib"] = previous.get("peak_rss_gib") if resumed else None
+        self.env["sessions"] = (previous.get("sessions") or []) + [
+            {"start_time": utc_now(), "from_task": self.tracker.tasks_done(),
+             "hostname": self.env["hostname"], "device": self.env["device"],
+             "gpu": self.env["gpu"], "changed_keys": list(changes)}]
+        self.write_env()
+
+    def run(self) -> dict:
+        log.info("data loading: %d train / %d eval workers, decode cache %s", self.workers["train"],
+                 self.workers["eval"], self.cfg.dataset.cache)
+        log.info("run %s: method %s, %d tasks of %d classes, device %s", self.cfg.name,
+                 self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
+        for t in range(self.tracker.tasks_done(), len(self.tasks)):
+            self.run_task(t)
+            metrics = self.metrics()
+            if self.dist.is_main:
+                self.run_dir.save_checkpoint(self.state_dict())
+                self.run_dir.write_json("metrics.json", metrics)
+                if self.logger:
+                    self.logger.task(t, metrics, self.learner)
+            self.write_env()
+        self.write_env(end=True)
+        return self.metrics()
