@@ -18,7 +18,7 @@ from .fileio import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "configs" / "published.yaml"
+PUBLISHED = Path(__file__).resolve().parents[2] / "configs" / "published.yaml"
 
 
 def load_published(path: Path = PUBLISHED) -> dict:

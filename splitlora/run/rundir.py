@@ -119,9 +119,9 @@ def read_config(path: Path) -> Optional[dict]:
 
 def run_status(run_dir: Path, cfg: Config) -> str:
     """``done`` (complete results of this config), ``conflict`` (complete results of another
-    config) or ``pending``, from the run directory's files alone."""
+    config) or ``missing``, from the run directory's files alone."""
     if not read_json(run_dir / "metrics.json").get("complete"):
-        return "pending"
+        return "missing"
     previous = read_config(run_dir / "config.yaml")
     return "done" if previous is not None and not config_changes(previous, cfg)[1] else "conflict"
 

@@ -1,0 +1,310 @@
+"""Launching a suite's runs: on this machine, or on a Slurm cluster through submitit.
+
+Either way a run is the same ``main.py`` command in its own run directory (lock, resume and
+all), its output appended to ``<run dir>/console.txt``, followed by a line saying how it
+ended. Locally: one run per device slot (a GPU group, or CPU), a queue over the rest; the runs
+die with this process (even a SIGKILL of it) and a stop signal is passed on to them. On Slurm:
+one job per run, one job array per invocation; a job that reaches its time limit or is
+preempted is requeued (submitit's checkpoint hook) and continues from its last completed task.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .fileio import open_append_no_follow, read_json, write_json_atomic
+from .rundir import LOCK, read_config, run_status
+
+REPO = Path(__file__).resolve().parents[2]
+EXIT_LINE = "[reproduce] main.py exited with status "
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP is passed on as SIGTERM
+
+
+@dataclass
+class Run:
+    """One run of a suite: a setting, a method and a seed in ``out_dir``."""
+
+    setting: str
+    method: str
+    seed: int
+    config: Path
+    out_dir: Path
+    overrides: list[str]
+    paper: dict = field(default_factory=dict)
+    data_root: Optional[Path] = None
+    gpus: int = 1  # data-parallel processes (GPUs) of the run
+    status: str = "missing"
+    detail: str = ""
+
+    def command(self) -> list[str]:
+        launcher = [sys.executable]
+        if self.gpus > 1:  # one data-parallel process per GPU of the slot
+            launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                         str(self.gpus)]
+        cmd = launcher + [str(REPO / "main.py"), "--config", str(self.config), "--seed",
+                          str(self.seed), "--output", str(self.out_dir), "--no-progress"]
+        for o in self.overrides:
+            cmd += ["--set", o]
+        return cmd
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting}/{self.method}/seed{self.seed}"
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether a live process holds the run directory's lock (without creating anything)."""
+    import fcntl
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+    return False
+
+
+def last_exit(run_dir: Path) -> Optional[int]:
+    """The exit status the launcher recorded for the run's last session (None if none)."""
+    try:
+        with open(Path(run_dir) / "console.txt", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lines = [ln for ln in tail.splitlines() if ln.startswith(EXIT_LINE)]
+    return int(lines[-1][len(EXIT_LINE):].split()[0]) if lines else None
+
+
+def update_states(plan: list[Run], queued: dict[str, str]) -> None:
+    """Each run's state from its directory alone (any machine that sees it): done, conflict,
+    running (its lock is held), queued (a Slurm job waits for it), failed (its last session
+    ended with an error: ``detail`` names the log that says why), stopped (interrupted,
+    resumable) or missing (never started)."""
+    from .config import load_config
+    for run in plan:
+        cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
+        run.method = cfg.method.name
+        run.status, run.detail = run_status(run.out_dir, cfg), ""
+        if run.status == "conflict":
+            run.detail = "holds complete results of a different config"
+        if run.status != "missing":
+            continue
+        code = last_exit(run.out_dir)
+        if is_running(run.out_dir):
+            run.status = "running"
+        elif str(run.out_dir) in queued:
+            run.status, run.detail = "queued", f"Slurm job {queued[str(run.out_dir)]}"
+        elif code is not None and code not in (0, 130, -signal.SIGTERM, 128 + signal.SIGTERM):
+            run.status, run.detail = "failed", f"exit {code}; see {run.out_dir / 'console.txt'}"
+        elif code is not None or read_config(run.out_dir / "config.yaml") is not None:
+            run.status = "stopped"
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the parent dies, however it dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the runs may outlive a killed parent
+
+
+def start(run: Run, env: dict, die_with_parent: bool = True) -> tuple[subprocess.Popen, object]:
+    """Start ``run``'s main.py, its output appended to its console.txt."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    console = open_append_no_follow(run.out_dir / "console.txt")
+    console.write(f"[reproduce] {time.strftime('%Y-%m-%dT%H:%M:%S')} start\n")
+    console.flush()
+    proc = subprocess.Popen(run.command(), stdout=console, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True,
+                            preexec_fn=_die_with_parent if die_with_parent else None)
+    return proc, console
+
+
+def finish(console, code: int) -> None:
+    console.write(f"{EXIT_LINE}{code}\n")
+    console.close()
+
+
+class SignalRelay:
+    """While active, the stop signals are recorded instead of stopping this process, so that
+    the runs can be told and waited for. A signal ignored at start (nohup) stays ignored."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "SignalRelay":
+        for name in STOP_SIGNALS:
+            sig = getattr(signal, name)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, lambda s, f: self.received.append(s))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[int]:
+    """Run the pending runs in plan order, one per slot at a time. On a stop signal no new
+    run starts and the running ones get it (SIGHUP as SIGTERM); a second signal kills them.
+    Returns the stop signal, or None."""
+    todo = deque(r for r in plan if r.status in ("missing", "stopped", "failed"))
+    live: dict[str, tuple[Run, subprocess.Popen, object, float]] = {}
+    stopped_by: Optional[int] = None
+    while todo or live:
+        if relay.received and stopped_by is None:
+            stopped_by = relay.received[0]
+            fwd = signal.SIGTERM if stopped_by == signal.SIGHUP else stopped_by
+            for _, proc, _, _ in live.values():
+                proc.send_signal(fwd)
+            print(f"received {signal.Signals(stopped_by).name}: no new run starts; waiting for "
+                  f"{len(live)} running run(s) to stop (a second signal kills them)",
+                  file=sys.stderr, flush=True)
+        elif len(relay.received) > 1:
+            for _, proc, _, _ in live.values():
+                proc.kill()
+        free = [i for i, _ in enumerate(slots) if str(i) not in live]
+        while todo and free and stopped_by is None:
+            i = free.pop(0)
+            run = todo.popleft()
+            env = dict(os.environ)
+            if slots[i] != "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = cuda_visible(slots[i])
+            elif len(slots) > 1:  # share the cores between concurrent CPU runs
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+            print(f"[start] {run.name} on {'cpu' if slots[i] == 'cpu' else 'cuda:' + slots[i]} "
+                  f"-> {run.out_dir}", flush=True)
+            proc, console = start(run, env)
+            live[str(i)] = (run, proc, console, time.time())
+        for key, (run, proc, console, t0) in list(live.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            finish(console, code)
+            del live[key]
+            done = code == 0 and read_json(run.out_dir / "metrics.json").get("complete")
+            run.status = "done" if done else "interrupted" if stopped_by else "failed"
+            print(f"[{run.status}] {run.name} in {(time.time() - t0) / 60:.1f} min"
+                  + ("" if done else " (resumes from its last completed task)" if stopped_by
+                     else f" (exit {code}; see {run.out_dir / 'console.txt'})"), flush=True)
+        time.sleep(0.1)
+    return stopped_by
+
+
+def cuda_visible(slot: str) -> str:
+    """CUDA_VISIBLE_DEVICES for a run on ``slot`` (indices as this process sees them), mapped
+    through this process's own CUDA_VISIBLE_DEVICES when it is set."""
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if parent is None:
+        return slot
+    entries = [e.strip() for e in parent.split(",")]
+    return ",".join(entries[int(i)] if int(i) < len(entries) else i for i in slot.split(","))
+
+
+# --------------------------------------------------------------------------- Slurm
+
+class MainJob:
+    """A Slurm job's body (submitit pickles it): run one ``main.py`` command; when Slurm
+    signals the time limit or a preemption, submitit calls :meth:`checkpoint`, which requeues
+    the job if this attempt completed a task (so a task longer than the limit is not requeued
+    forever). A run that fails (bad data, bad config) raises: a failed job, not requeued."""
+
+    def __call__(self, command: list[str], run_dir: str) -> int:
+        self.run_dir = Path(run_dir)
+        self.tasks_at_start = self._tasks_done()
+        env = dict(os.environ)
+        if os.environ.get("SLURM_CPUS_PER_TASK"):
+            env.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
+        run = Run("", "", 0, Path(), self.run_dir, [])
+        run.command = lambda: command  # type: ignore[method-assign]
+        # Slurm signals every process of the job; main.py must not die of SIGUSR2 (submitit's)
+        old = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+        proc, console = start(run, env)
+        signal.signal(signal.SIGUSR2, old)
+        try:
+            code = proc.wait()
+        finally:  # a requeue exits this process: main.py stops cleanly first (SIGTERM)
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    code = proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+            finish(console, code)
+        if code != 0:
+            raise RuntimeError(f"main.py exited with status {code}; see {run_dir}/console.txt")
+        return code
+
+    def _tasks_done(self) -> int:
+        return int(read_json(self.run_dir / "metrics.json").get("tasks_done") or 0)
+
+    def checkpoint(self, command: list[str], run_dir: str):
+        import submitit
+        if self._tasks_done() <= self.tasks_at_start:
+            print(f"not requeued: no task of {run_dir} completed in this attempt (is the time "
+                  "limit shorter than one task?)", file=sys.stderr, flush=True)
+            return None
+        return submitit.helpers.DelayedSubmission(MainJob(), command, run_dir)
+
+
+def slurm_minutes(text: str) -> int:
+    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes (>= 1);
+    ValueError for anything else."""
+    days, dash, rest = text.partition("-") if "-" in text else ("0", "", text)
+    parts = [int(p) for p in rest.split(":")]
+    if len(parts) > 3 or any(p < 0 for p in parts) or int(days) < 0:
+        raise ValueError(text)
+    if dash:  # D-H[:M[:S]]
+        h, m, s = (parts + [0, 0])[:3]
+    else:  # M, M:S or H:M:S
+        h, m, s = [0] * (3 - len(parts)) + parts if len(parts) == 3 else (0, *(parts + [0])[:2])
+    return max(1, int(days) * 1440 + h * 60 + m + (s + 59) // 60)
+
+
+def submit_slurm(plan: list[Run], folder: Path, options: dict) -> dict[str, str]:
+    """Submit the pending runs as one job array; returns {run dir: job id} (also merged into
+    ``folder/jobs.json``, which ``--summarize`` reads)."""
+    import submitit
+    todo = [r for r in plan if r.status in ("missing", "stopped", "failed")]
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=1000)
+    executor.update_parameters(**options)
+    jobs = executor.map_array(MainJob(), [r.command() for r in todo],
+                              [str(r.out_dir) for r in todo]) if todo else []
+    ids = {str(r.out_dir): j.job_id for r, j in zip(todo, jobs)}
+    write_json_atomic(folder / "jobs.json", dict(read_json(folder / "jobs.json"), **ids))
+    return ids
+
+
+def slurm_queue(folder: Path) -> dict[str, str]:
+    """{run dir: job id} of this output's jobs that Slurm still holds (pending or running)."""
+    jobs = read_json(folder / "jobs.json")
+    if not jobs:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(set(jobs.values()))],
+                             capture_output=True, text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {d: j for d, j in jobs.items() if j in out}
+
+
+def wait_slurm(folder: Path, poll_s: float = 10.0) -> None:
+    while slurm_queue(folder):
+        time.sleep(poll_s)
