@@ -88,6 +88,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="run seeds (default 0); a repeated seed runs once")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
+    p.add_argument("--methods", nargs="+", metavar="NAME",
+                   help="run only these methods of the suite")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to every run (repeatable); not for the keys "
                    "reproduce.py sets per run: " + ", ".join(PER_RUN_KEYS))
@@ -123,7 +125,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     slurm.add_argument("--wait", action="store_true",
                        help="wait for the jobs to end, then write the tables")
     args = p.parse_args(argv)
-    for flag in ("seeds", "only"):  # one run directory has one writer: repeats run once
+    for flag in ("seeds", "only", "methods"):  # one writer per run directory: repeats run once
         values = getattr(args, flag)
         if values and len(set(values)) < len(values):
             unique = list(dict.fromkeys(values))
@@ -172,6 +174,11 @@ def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in --only for suite "
                           f"{args.suite!r}; known: {', '.join(suite['settings'])}")
+    methods = args.methods or suite["methods"]
+    unknown = [m for m in methods if m not in suite["methods"]]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)} in --methods for suite "
+                          f"{args.suite!r}; known: {', '.join(suite['methods'])}")
     absolute = lambda p: Path(p).expanduser().absolute()  # noqa: E731
     roots = {name: absolute(flag) if flag else absolute(args.data_root) / name
              for name, flag in (("cifar100", args.cifar100_root),
@@ -189,7 +196,7 @@ def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
                                   f"{name!r}")
             data_root = roots[s["data"]]
             overrides.append(f"dataset.root={data_root}")
-        for method in suite["methods"]:
+        for method in methods:
             # splitlora keeps the main table's directory, so suites share its finished runs
             run_dir = out / "runs" / name if method == "splitlora" else out / "runs" / name / method
             method_set = [] if method == "splitlora" else [f"method.name={method}"]
@@ -317,7 +324,7 @@ def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -
     if not args.wait:
         return 0
     launch.wait_slurm(folder)
-    launch.update_states(plan, {})
+    launch.update_states(plan, {}, folder)
     return None
 
 
@@ -331,7 +338,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         published = load_published()
         suite = published["suites"].get(args.suite, {})
         plan = build_plan(args, published)
-        launch.update_states(plan, launch.slurm_queue(slurm_dir))
+        launch.update_states(plan, launch.slurm_queue(slurm_dir), slurm_dir)
         if args.summarize:
             print(summarize(plan, args, published))
             print(f"written: {out / (suite['table'] + '.md')}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -90,7 +91,17 @@ def last_exit(run_dir: Path) -> Optional[int]:
     return int(lines[-1][len(EXIT_LINE):].split()[0]) if lines else None
 
 
-def update_states(plan: list[Run], queued: dict[str, str]) -> None:
+def slurm_log(folder: Path, job_id: str) -> Optional[Path]:
+    """submitit's log of a Slurm job when it says the job failed outside main.py."""
+    log = folder / job_id / f"{job_id}_0_log.out"
+    try:
+        text = log.read_text(errors="replace")[-100_000:]
+    except OSError:
+        return None
+    return log if "triggered an exception" in text or "Traceback" in text else None
+
+
+def update_states(plan: list[Run], queued: dict[str, str], slurm_folder: Optional[Path] = None) -> None:
     """Each run's state from its directory alone (any machine that sees it): done, conflict,
     running (its lock is held), queued (a Slurm job waits for it), failed (its last session
     ended with an error: ``detail`` names the log that says why), stopped (interrupted,
@@ -105,12 +116,16 @@ def update_states(plan: list[Run], queued: dict[str, str]) -> None:
         if run.status != "missing":
             continue
         code = last_exit(run.out_dir)
+        job = read_json(slurm_folder / "jobs.json").get(str(run.out_dir)) if slurm_folder else None
+        failed_job = slurm_log(slurm_folder, job) if job and code is None else None
         if is_running(run.out_dir):
             run.status = "running"
         elif str(run.out_dir) in queued:
             run.status, run.detail = "queued", f"Slurm job {queued[str(run.out_dir)]}"
         elif code is not None and code not in (0, 130, -signal.SIGTERM, 128 + signal.SIGTERM):
             run.status, run.detail = "failed", f"exit {code}; see {run.out_dir / 'console.txt'}"
+        elif failed_job is not None:
+            run.status, run.detail = "failed", f"Slurm job {job} failed; see {failed_job}"
         elif code is not None or read_config(run.out_dir / "config.yaml") is not None:
             run.status = "stopped"
 
@@ -220,20 +235,23 @@ def cuda_visible(slot: str) -> str:
 # --------------------------------------------------------------------------- Slurm
 
 class MainJob:
-    """A Slurm job's body (submitit pickles it): run one ``main.py`` command; when Slurm
+    """A Slurm job's body (submitit pickles it): run one ``main.py`` command. When Slurm
     signals the time limit or a preemption, submitit calls :meth:`checkpoint`, which requeues
-    the job if this attempt completed a task (so a task longer than the limit is not requeued
-    forever). A run that fails (bad data, bad config) raises: a failed job, not requeued."""
+    the job, unless three attempts in a row completed no task (a task longer than the time
+    limit is not requeued forever). A run that fails (bad data, bad config) raises: the job
+    fails and is not requeued."""
+
+    def __init__(self, idle_attempts: int = 0) -> None:
+        self.idle_attempts = idle_attempts  # attempts in a row that completed no task
 
     def __call__(self, command: list[str], run_dir: str) -> int:
-        self.run_dir = Path(run_dir)
-        self.tasks_at_start = self._tasks_done()
+        self.tasks_at_start = self._tasks_done(run_dir)
         env = dict(os.environ)
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             env.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
-        run = Run("", "", 0, Path(), self.run_dir, [])
+        run = Run("", "", 0, Path(), Path(run_dir), [])
         run.command = lambda: command  # type: ignore[method-assign]
-        # Slurm signals every process of the job; main.py must not die of SIGUSR2 (submitit's)
+        # Slurm signals every process of the job; main.py must not die of submitit's SIGUSR2
         old = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         proc, console = start(run, env)
         signal.signal(signal.SIGUSR2, old)
@@ -243,25 +261,26 @@ class MainJob:
             if proc.poll() is None:
                 proc.terminate()
                 try:
-                    code = proc.wait(timeout=120)
+                    proc.wait(timeout=120)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    code = proc.wait()
-            finish(console, code)
+            finish(console, proc.wait())
         if code != 0:
             raise RuntimeError(f"main.py exited with status {code}; see {run_dir}/console.txt")
         return code
 
-    def _tasks_done(self) -> int:
-        return int(read_json(self.run_dir / "metrics.json").get("tasks_done") or 0)
+    @staticmethod
+    def _tasks_done(run_dir: str) -> int:
+        return int(read_json(Path(run_dir) / "metrics.json").get("tasks_done") or 0)
 
     def checkpoint(self, command: list[str], run_dir: str):
         import submitit
-        if self._tasks_done() <= self.tasks_at_start:
-            print(f"not requeued: no task of {run_dir} completed in this attempt (is the time "
-                  "limit shorter than one task?)", file=sys.stderr, flush=True)
+        idle = 0 if self._tasks_done(run_dir) > self.tasks_at_start else self.idle_attempts + 1
+        if idle >= 3:
+            print(f"not requeued: three attempts in a row completed no task of {run_dir} (is the "
+                  "time limit shorter than one task?)", file=sys.stderr, flush=True)
             return None
-        return submitit.helpers.DelayedSubmission(MainJob(), command, run_dir)
+        return submitit.helpers.DelayedSubmission(MainJob(idle), command, run_dir)
 
 
 def slurm_minutes(text: str) -> int:
@@ -284,7 +303,9 @@ def submit_slurm(plan: list[Run], folder: Path, options: dict) -> dict[str, str]
     import submitit
     todo = [r for r in plan if r.status in ("missing", "stopped", "failed")]
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=1000)
-    executor.update_parameters(**options)
+    path = f"{REPO}" + os.pathsep + os.environ.get("PYTHONPATH", "")  # the job imports this code
+    executor.update_parameters(setup=[f"export PYTHONPATH={shlex.quote(path.rstrip(os.pathsep))}"],
+                               **options)
     jobs = executor.map_array(MainJob(), [r.command() for r in todo],
                               [str(r.out_dir) for r in todo]) if todo else []
     ids = {str(r.out_dir): j.job_id for r, j in zip(todo, jobs)}
@@ -298,7 +319,7 @@ def slurm_queue(folder: Path) -> dict[str, str]:
     if not jobs:
         return {}
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(set(jobs.values()))],
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(set(jobs.values()))],
                              capture_output=True, text=True, timeout=60).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return {}

@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Measure images/s on this machine and project the wall time of every published setting.
+
+    python tools/measure.py                        # on a GPU: ViT-B/16, 224 px, batch 256, fp16
+    python tools/measure.py --amp bf16 --compile --json figures.json
+    python tools/measure.py --small                # a small ViT at 32 px: seconds on a CPU
+
+Times, on synthetic batches already on the device, the three passes of a run: the training
+step (LoRA B and the head, AdamW, autocast with a grad scaler for fp16), the covariance pass
+(no grad, fp32 as the protocol) and the evaluation forward. Then the training loader, through
+the project's own datasets, transforms and decode cache with this machine's cores (auto
+workers), on generated image files: 500x375 JPEG (ImageNet-R, DomainNet) and 32x32 PNG
+(CIFAR-100). A setting's projected wall time is its training, covariance-pass and evaluation
+samples (the protocol fixes them: docs/performance.md) each divided by the slower of the
+pass's rate and the loader's; start-up and per-task overheads are not included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datasets import FolderImageSet, TaskDataset, loading  # noqa: E402
+from datasets import transforms as tf  # noqa: E402
+from datasets.cache import TaskImageCache  # noqa: E402
+from models import ContinualViT, create_backbone, kaiming_uniform_A  # noqa: E402
+from splitlora.covariance import CovarianceAccumulator, collect_covariance  # noqa: E402
+from splitlora.engine import autocast, make_optimizer, resolve_amp  # noqa: E402
+from splitlora.engine import TrainConfig  # noqa: E402
+
+# The public train / val split sizes the published settings read (images, classes).
+DATASETS = {"imagenet_r": (24_000, 6_000, "jpeg"), "domainnet": (47_532, 20_450, "jpeg"),
+            "cifar100": (50_000, 10_000, "png")}
+SETTINGS = {"imagenet_r_5": ("imagenet_r", 5), "imagenet_r_10": ("imagenet_r", 10),
+            "imagenet_r_20": ("imagenet_r", 20), "cifar100_10": ("cifar100", 10),
+            "domainnet_5": ("domainnet", 5)}
+SMALL = {"img_size": 32, "kwargs": {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}}
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--small", action="store_true", help="a small ViT at 32 px, few steps (CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=("fp16", "bf16", "off"), default=None,
+                   help="autocast of training and evaluation (default: fp16 on CUDA, off on CPU)")
+    p.add_argument("--batch-size", type=positive, default=None, help="default 256 (32 --small)")
+    p.add_argument("--steps", type=positive, default=None, help="timed steps (default 20, 3 --small)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
+    p.add_argument("--loader-images", type=positive, default=None,
+                   help="generated images per format for the loader (default 512, 48 --small)")
+    p.add_argument("--json", type=Path, help="also write every figure to this file")
+    args = p.parse_args(argv)
+    try:
+        args.device = torch.device(args.device)
+    except RuntimeError as exc:
+        p.error(f"--device {args.device!r}: {exc}")
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available here; use --device cpu (with --small)")
+    return args
+
+
+def timed(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds per call of ``step`` after two warm-up calls."""
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def model_rates(args: argparse.Namespace, img: int, kwargs: dict, batch: int) -> dict:
+    """Images/s of the training step, the covariance pass and the evaluation forward."""
+    device, amp = args.device, resolve_amp(args.amp or "auto", args.device)
+    torch.manual_seed(0)
+    name = "vit_tiny_patch16_224" if args.small else "vit_base_patch16_224"
+    backbone = create_backbone(name, pretrained=False, img_size=img, kwargs=kwargs)
+    model = ContinualViT(backbone, 10, ("k", "v")).to(device)
+    for a in model.adapters:
+        a.set_adapter(torch.stack([kaiming_uniform_A(10, a.in_features) for _ in a.targets])
+                      .to(device))
+    head = model.heads.add_head(20, "fresh").to(device)
+    images = torch.randn(batch, 3, img, img, device=device)
+    labels = torch.randint(0, 20, (batch,), device=device)
+    lora = [a.lora_B for a in model.adapters]
+    opt = make_optimizer(lora, list(head.parameters()), TrainConfig())
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and device.type == "cuda")
+    forward = torch.compile(model) if args.compile else model
+    model.eval()
+
+    def train() -> None:
+        with autocast(device, amp):
+            logits = forward(images, 0)
+        loss = F.cross_entropy(logits.float() / 30.0, labels)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    acc = CovarianceAccumulator(len(model.adapters), model.adapters[0].in_features, device=device)
+
+    @torch.no_grad()
+    def covariance() -> None:
+        with collect_covariance(model.adapters, acc):
+            model.features(images)
+
+    @torch.no_grad()
+    def evaluate() -> None:
+        with autocast(device, amp):
+            model(images)
+
+    steps = args.steps or (3 if args.small else 20)
+    rates = {name: batch / timed(fn, steps, device) for name, fn in
+             (("train", train), ("covariance", covariance), ("eval", evaluate))}
+    if device.type == "cuda":
+        rates["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return rates
+
+
+def loader_rate(kind: str, count: int, img: int, batch: int, folder: Path) -> float:
+    """Training images/s of the project's loader (decode cache, uint8, auto workers) on
+    ``count`` generated files of one kind: 500x375 JPEG or 32x32 PNG."""
+    size, fmt = ((500, 375), "JPEG") if kind == "jpeg" else ((32, 32), "PNG")
+    root = folder / kind / "c0"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    for i in range(count):  # smooth, photo-like content (noise would make decoding slower)
+        pixels = np.asarray(Image.fromarray(np.roll(base, i, 0)).resize(size, Image.BILINEAR))
+        Image.fromarray(pixels).save(root / f"{i}.{kind}", fmt)
+    images = FolderImageSet(root.parent, ["c0"], "train")
+    cached = TaskImageCache("on").for_classes(images, [0])
+    transform = tf.train_transform(img, "imagenet" if kind == "jpeg" else "cifar10",
+                                   "bilinear" if kind == "jpeg" else "bicubic",
+                                   (0.5,) * 3, (0.5,) * 3, "uint8")
+    data = TaskDataset(cached, [0], 0, transform)
+    workers = loading.resolve_workers("auto")
+    batches = loading.batches(data, batch, torch.device("cpu"), workers, epochs=2)
+    for _ in batches:  # warm up: start the workers
+        pass
+    t0 = time.perf_counter()
+    seen = sum(x.shape[0] for x, _ in batches)
+    return seen / (time.perf_counter() - t0)
+
+
+def project(rates: dict, loaders: dict) -> dict:
+    """Minutes per published setting (protocol: 10 epochs x expand_times 10)."""
+    cfg = TrainConfig()
+    out = {}
+    for setting, (dataset, tasks) in SETTINGS.items():
+        train, val, kind = DATASETS[dataset]
+        feed = loaders[kind]
+        samples = {"train": train * cfg.expand_times * cfg.epochs,
+                   "covariance": train // tasks * cfg.expand_times * (tasks - 1),
+                   "eval": val * (tasks + 1) / 2}
+        seconds = sum(n / min(rates[k], feed) for k, n in samples.items())
+        out[setting] = {"samples": samples, "minutes": seconds / 60,
+                        "bound_by": "data" if feed < rates["train"] else "model"}
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    img, kwargs = (SMALL["img_size"], SMALL["kwargs"]) if args.small else (224, {})
+    batch = args.batch_size or (32 if args.small else 256)
+    rates = model_rates(args, img, kwargs, batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        count = args.loader_images or (48 if args.small else 512)
+        loaders = {k: loader_rate(k, count, img, min(batch, count), Path(tmp))
+                   for k in ("jpeg", "png")}
+    projection = project(rates, loaders)
+    device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
+    print(f"{device}, {'small ViT, 32 px' if args.small else 'ViT-B/16, 224 px'}, batch {batch}, "
+          f"amp {args.amp or ('fp16' if args.device.type == 'cuda' else 'off')}"
+          f"{', compiled' if args.compile else ''}")
+    for k in ("train", "covariance", "eval"):
+        print(f"  {k:<11} {rates[k]:9.1f} img/s")
+    for k, v in loaders.items():
+        print(f"  loader {k:<4} {v:9.1f} img/s ({loading.resolve_workers('auto')} workers)")
+    print("projected wall time (minutes; model passes and loading only):")
+    for setting, p in projection.items():
+        print(f"  {setting:<14} {p['minutes']:9.1f}  ({p['bound_by']}-bound)")
+    if args.json:
+        from splitlora.run.fileio import write_json_atomic
+        write_json_atomic(args.json, {"device": device, "batch": batch, "rates": rates,
+                                      "loaders": loaders, "projection": projection})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
