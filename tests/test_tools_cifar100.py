@@ -59,7 +59,7 @@ def test_prepares_layout(cifar: tf.Cifar, tmp_path: Path, kind: str) -> None:
 
 def test_class_count_comes_from_pickles(tmp_path: Path) -> None:
     c = tf.make_cifar100(tmp_path / "src", num_classes=3, train_per_class=4, test_per_class=2)
-    r = tf.run_tool(SCRIPT, "--src", c.targz, "--dst", tmp_path / "out")
+    r = tf.run_inprocess(SCRIPT, "--src", c.targz, "--dst", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     t = tf.tree(tmp_path / "out")
     assert list(t["train"]) == ["00", "01", "02"] == list(t["val"])
@@ -67,12 +67,12 @@ def test_class_count_comes_from_pickles(tmp_path: Path) -> None:
 
 
 def test_images_are_png_files_and_mode_is_refused(cifar: tf.Cifar, tmp_path: Path) -> None:
-    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out")
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     f = tmp_path / "out" / "train" / f"{cifar.train_labels[3]:02d}" / "3.png"
     assert f.is_file() and not f.is_symlink() and os.stat(f).st_nlink == 1
     # --mode has no meaning here (the pixels come from pickles): refused, not ignored
-    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out2", "--mode", "symlink")
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.folder, "--dst", tmp_path / "out2", "--mode", "symlink")
     assert r.returncode == 2 and "--mode" in r.stderr and not (tmp_path / "out2").exists()
 
 
@@ -83,20 +83,20 @@ def test_help_says_png() -> None:
 
 def test_idempotent_and_resumes(cifar: tf.Cifar, tmp_path: Path) -> None:
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", cifar.targz, "--dst", dst).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", cifar.targz, "--dst", dst).returncode == 0
     snap = tf.snapshot(dst)
-    r = tf.run_tool(SCRIPT, "--src", cifar.targz, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.targz, "--dst", dst)
     assert r.returncode == 0, r.stderr
     assert "already complete" in r.stdout
     assert tf.snapshot(dst) == snap
     # the folder source holds the same pickles: also complete
-    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.folder, "--dst", dst)
     assert r.returncode == 0 and "already complete" in r.stdout and tf.snapshot(dst) == snap
     # a half-written destination is completed
     gone = [dst / "train" / f"{cifar.train_labels[5]:02d}" / "5.png", dst / "val" / f"{cifar.test_labels[9]:02d}" / "9.png"]
     for p in gone + [dst / "prepare_info.json"]:
         p.unlink()
-    r = tf.run_tool(SCRIPT, "--src", cifar.targz, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.targz, "--dst", dst)
     assert r.returncode == 0, r.stderr
     assert "completed" in r.stdout and "2 entries added" in r.stdout
     _check_output(dst, cifar)
@@ -108,12 +108,12 @@ def test_idempotent_and_resumes(cifar: tf.Cifar, tmp_path: Path) -> None:
 
 def test_wrong_existing_file_is_not_overwritten(cifar: tf.Cifar, tmp_path: Path) -> None:
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", dst).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", cifar.folder, "--dst", dst).returncode == 0
     bad = dst / "train" / f"{cifar.train_labels[4]:02d}" / "4.png"
     Image.new("RGB", (32, 32), (1, 2, 3)).save(bad)
     (dst / "prepare_info.json").unlink()
     snap = tf.snapshot(dst)
-    r = tf.run_tool(SCRIPT, "--src", cifar.folder, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", cifar.folder, "--dst", dst)
     assert r.returncode == 2
     assert str(bad) in tf.error_text(r.stderr) and "Traceback" not in r.stderr
     assert tf.snapshot(dst) == snap
@@ -168,7 +168,7 @@ def test_bad_inputs(cifar: tf.Cifar, tmp_path: Path, case: str) -> None:
     src = make_src(cifar, tmp_path)
     dst = {None: tmp_path / "out", "inside": src / "out", "same": src}[dst_kind]
     before = tf.snapshot(tmp_path)
-    r = tf.run_tool(SCRIPT, "--src", src, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", src, "--dst", dst)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("error:"), r.stderr
     assert "Traceback" not in r.stderr

@@ -48,7 +48,7 @@ def test_subset_lists(dn: tf.DomainNet, tmp_path: Path) -> None:
 
 def test_official_per_domain_lists_are_concatenated(dn: tf.DomainNet, tmp_path: Path) -> None:
     dst = tmp_path / "out"
-    r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", *dn.official_train, "--val-list", *dn.official_test)
+    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", *dn.official_train, "--val-list", *dn.official_test)
     assert r.returncode == 0, r.stderr
     t = tf.tree(dst)
     folders = [f"{i:03d}" for i in range(len(tf.DN_CLASSES))]
@@ -63,7 +63,7 @@ def test_official_per_domain_lists_are_concatenated(dn: tf.DomainNet, tmp_path: 
 @pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
 def test_modes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
     dst = tmp_path / "out"
-    r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", mode,
+    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", mode,
                     "--train-list", dn.subset_train, "--val-list", dn.subset_val)
     assert r.returncode == 0, r.stderr
     checked = 0
@@ -89,9 +89,9 @@ def test_modes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
 def test_idempotent_and_resumes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
     dst = tmp_path / "out"
     args = ["--src", dn.root, "--dst", dst, "--mode", mode, "--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_tool(SCRIPT, *args).returncode == 0
+    assert tf.run_inprocess(SCRIPT, *args).returncode == 0
     snap = tf.snapshot(dst)
-    r = tf.run_tool(SCRIPT, *args)
+    r = tf.run_inprocess(SCRIPT, *args)
     assert r.returncode == 0 and "already complete" in r.stdout
     assert tf.snapshot(dst) == snap
     gone = [dst / "train" / "000" / sorted(os.listdir(dst / "train" / "000"))[0],
@@ -99,7 +99,7 @@ def test_idempotent_and_resumes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> 
             dst / "train" / "002" / sorted(os.listdir(dst / "train" / "002"))[2]]
     for p in gone + [dst / "prepare_info.json", dst / "class_names.tsv"]:
         p.unlink()
-    r = tf.run_tool(SCRIPT, *args)
+    r = tf.run_inprocess(SCRIPT, *args)
     assert r.returncode == 0 and "3 entries added" in r.stdout
     after = tf.snapshot(dst)
     assert set(after) == set(snap)
@@ -112,12 +112,12 @@ def test_idempotent_and_resumes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> 
 def test_existing_different_copy_is_an_error(dn: tf.DomainNet, tmp_path: Path) -> None:
     dst = tmp_path / "out"
     args = ["--src", dn.root, "--dst", dst, "--mode", "copy", "--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_tool(SCRIPT, *args).returncode == 0
+    assert tf.run_inprocess(SCRIPT, *args).returncode == 0
     victim = dst / "val" / "001" / sorted(os.listdir(dst / "val" / "001"))[0]
     victim.write_bytes(b"different size")
     (dst / "prepare_info.json").unlink()
     snap = tf.snapshot(tmp_path)
-    r = tf.run_tool(SCRIPT, *args)
+    r = tf.run_inprocess(SCRIPT, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(victim) in tf.error_text(r.stderr)
     assert tf.snapshot(tmp_path) == snap
@@ -128,25 +128,25 @@ def test_mode_change_on_a_prepared_destination_is_refused(dn: tf.DomainNet, tmp_
     --mode symlink over copies are refused, nothing changed; the old mode completes it."""
     dst = tmp_path / "out"
     lists = ["--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
     victim = dst / "train" / "000" / sorted(os.listdir(dst / "train" / "000"))[0]
     for evidence in ("prepare_info.json", "symbolic link"):
         if evidence == "symbolic link":
             (dst / "prepare_info.json").unlink()
             victim.unlink()  # an interrupted run: one entry and the info file missing
         snap = tf.snapshot(tmp_path)
-        r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", "copy", *lists)
+        r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", "copy", *lists)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         msg = tf.error_text(r.stderr)
         for w in ("--mode symlink", "--mode copy", evidence, "new --dst"):
             assert w in msg, (w, msg)
         assert tf.snapshot(tmp_path) == snap
-    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
     assert victim.is_symlink() and json.loads((dst / "prepare_info.json").read_text())["mode"] == "symlink"
     copies = tmp_path / "copies"
-    assert tf.run_tool(SCRIPT, "--src", dn.root, "--dst", copies, "--mode", "copy", *lists).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, "--mode", "copy", *lists).returncode == 0
     (copies / "prepare_info.json").unlink()
-    r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", copies, *lists)
+    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, *lists)
     assert r.returncode == 2 and "--mode copy" in r.stderr and "separate copy" in r.stderr
 
 
@@ -222,7 +222,7 @@ def test_bad_inputs(dn: tf.DomainNet, tmp_path: Path, case: str) -> None:
     build, words = BAD[case]
     args = build(tmp_path, dn)
     before_tmp, before_src = tf.snapshot(tmp_path), tf.snapshot(dn.root.parent)
-    r = tf.run_tool(SCRIPT, *args)
+    r = tf.run_inprocess(SCRIPT, *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     msg = tf.error_text(r.stderr)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr

@@ -79,11 +79,11 @@ def test_seeded_split(inr: tuple[Path, Path], tmp_path: Path, kind: str) -> None
 def test_seeded_split_is_deterministic_and_seed_dependent(inr: tuple[Path, Path], tmp_path: Path) -> None:
     folder, tar = inr
     for name, src, seed in (("a", folder, 0), ("b", tar, 0), ("c", folder, 1)):
-        assert tf.run_tool(SCRIPT, "--src", src, "--dst", tmp_path / name, "--seed", seed).returncode == 0
+        assert tf.run_inprocess(SCRIPT, "--src", src, "--dst", tmp_path / name, "--seed", seed).returncode == 0
     a, b, c = (split_sets(tmp_path / n) for n in "abc")
     assert a == b == expected_seeded(folder, 0, 0.2)
     assert a != c
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", tmp_path / "d", "--val-fraction", 0.5)
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", tmp_path / "d", "--val-fraction", 0.5)
     d = tf.tree(tmp_path / "d")
     assert r.returncode == 0 and {w: len(v) for w, v in d["val"].items()} == {
         "n01443537": 4, "n01484850": 2, "n01494475": 1, "n01498041": 5}  # round(3.5)=4, round(2.5)=2
@@ -96,7 +96,7 @@ def test_lists_are_used_exactly(inr: tuple[Path, Path], tmp_path: Path, kind: st
     train, val = files[::3], [f for i, f in enumerate(files) if i % 3]
     tl = tf.write_lines(tmp_path / "train.txt", ["", *train[:3], "   ", *[f"imagenet-r/{x}" for x in train[3:]]])
     vl = tf.write_lines(tmp_path / "val.txt", val + [""])
-    r = tf.run_tool(SCRIPT, "--src", folder if kind == "folder" else tar, "--dst", tmp_path / "out",
+    r = tf.run_inprocess(SCRIPT, "--src", folder if kind == "folder" else tar, "--dst", tmp_path / "out",
                     "--train-list", tl, "--val-list", vl)
     assert r.returncode == 0, r.stderr
     assert split_sets(tmp_path / "out") == {"train": set(train), "val": set(val)}
@@ -108,7 +108,7 @@ def test_lists_are_used_exactly(inr: tuple[Path, Path], tmp_path: Path, kind: st
 def test_modes(inr: tuple[Path, Path], tmp_path: Path, mode: str) -> None:
     folder, _ = inr
     dst = tmp_path / "out"
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", dst, "--mode", mode)
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst, "--mode", mode)
     assert r.returncode == 0, r.stderr
     sets = split_sets(dst)
     assert len(sets["train"]) + len(sets["val"]) == 24
@@ -127,7 +127,7 @@ def test_modes(inr: tuple[Path, Path], tmp_path: Path, mode: str) -> None:
 
 def test_no_readme_no_class_names(tmp_path: Path) -> None:
     folder, _ = tf.make_imagenet_r(tmp_path / "src", readme=False)
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", tmp_path / "out")
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "out" / "class_names.tsv").exists()
     assert json.loads((tmp_path / "out" / "prepare_info.json").read_text())["class_names_file"] is None
@@ -138,16 +138,16 @@ def test_idempotent_and_resumes(inr: tuple[Path, Path], tmp_path: Path, kind: st
     folder, tar = inr
     src = folder if kind == "folder" else tar
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", src, "--dst", dst).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", src, "--dst", dst).returncode == 0
     snap = tf.snapshot(dst)
-    r = tf.run_tool(SCRIPT, "--src", src, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", src, "--dst", dst)
     assert r.returncode == 0, r.stderr
     assert "already complete" in r.stdout and tf.snapshot(dst) == snap
     t = tf.tree(dst)
     gone = [dst / "train" / WNIDS[0] / t["train"][WNIDS[0]][0], dst / "val" / WNIDS[3] / t["val"][WNIDS[3]][1]]
     for p in gone + [dst / "prepare_info.json"]:
         p.unlink()
-    r = tf.run_tool(SCRIPT, "--src", src, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", src, "--dst", dst)
     assert r.returncode == 0, r.stderr
     assert "2 entries added" in r.stdout
     after = tf.snapshot(dst)
@@ -160,12 +160,12 @@ def test_idempotent_and_resumes(inr: tuple[Path, Path], tmp_path: Path, kind: st
 def test_existing_wrong_link_is_an_error(inr: tuple[Path, Path], tmp_path: Path) -> None:
     folder, _ = inr
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", folder, "--dst", dst).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst).returncode == 0
     link = dst / "val" / WNIDS[0] / os.listdir(dst / "val" / WNIDS[0])[0]
     link.unlink()
     os.symlink(str(tmp_path / "elsewhere.jpg"), link)
     snap = tf.snapshot(tmp_path)
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(link) in tf.error_text(r.stderr) and "do not match" in r.stderr
     assert tf.snapshot(tmp_path) == snap
@@ -174,9 +174,9 @@ def test_existing_wrong_link_is_an_error(inr: tuple[Path, Path], tmp_path: Path)
 def test_other_seed_into_same_destination_is_refused(inr: tuple[Path, Path], tmp_path: Path) -> None:
     folder, _ = inr
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", folder, "--dst", dst, "--seed", 0).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst, "--seed", 0).returncode == 0
     snap = tf.snapshot(tmp_path)
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", dst, "--seed", 1)
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst, "--seed", 1)
     assert r.returncode == 2 and "not part of this split" in tf.error_text(r.stderr)
     assert tf.snapshot(tmp_path) == snap
 
@@ -192,9 +192,9 @@ def test_image_extensions_agree_with_the_main_loader() -> None:
 
     assert pc.IMAGE_EXTENSIONS == IMAGE_EXTENSIONS
     names = ["a.jpg", "B.JPEG", "c.png", "d.webp", "notes.txt", "Thumbs.db", ".DS_Store", "._e.jpg", "f.jpg.txt"]
-    assert [n for n in sorted(names) if pc.is_image_name(n)] == ["B.JPEG", "a.jpg", "c.png", "d.webp"]
+    assert [n for n in sorted(names) if pc.image_name_problem(n) is None] == ["B.JPEG", "a.jpg", "c.png", "d.webp"]
     # the same names as main.py's own listing of a folder holding them
-    assert sorted(n for n in names if pc.is_image_name(n)) == sorted(
+    assert sorted(n for n in names if pc.image_name_problem(n) is None) == sorted(
         list_images(_touched(Path(tempfile.mkdtemp()), names)))
 
 
@@ -220,7 +220,7 @@ def test_non_image_and_hidden_files_are_not_counted(tmp_path: Path) -> None:
                          for p in sorted(junk.rglob("*")) if p.is_file()})
     runs = {}
     for name, src in (("clean", clean), ("junk", junk), ("junk_tar", junk_tar)):
-        r = tf.run_tool(SCRIPT, "--src", src, "--dst", tmp_path / f"out_{name}", "--seed", 5)
+        r = tf.run_inprocess(SCRIPT, "--src", src, "--dst", tmp_path / f"out_{name}", "--seed", 5)
         assert r.returncode == 0, r.stderr
         runs[name] = (split_sets(tmp_path / f"out_{name}"),
                       json.loads((tmp_path / f"out_{name}" / "prepare_info.json").read_text())["images"])
@@ -233,13 +233,13 @@ def test_mode_change_on_a_prepared_destination_is_refused(inr: tuple[Path, Path]
     deletes the source would lose the data): refused, naming both modes and the fix."""
     folder, tar = inr
     dst = tmp_path / "out"
-    assert tf.run_tool(SCRIPT, "--src", folder, "--dst", dst).returncode == 0
+    assert tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst).returncode == 0
     for evidence in ("prepare_info.json", "the entries"):
         if evidence == "the entries":  # an interrupted run: no prepare_info.json yet
             (dst / "prepare_info.json").unlink()
         snap = tf.snapshot(tmp_path)
         for args in (["--src", folder, "--mode", "copy" if evidence == "the entries" else "hardlink"], ["--src", tar]):
-            r = tf.run_tool(SCRIPT, *args, "--dst", dst)
+            r = tf.run_inprocess(SCRIPT, *args, "--dst", dst)
             assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
             msg = tf.error_text(r.stderr)
             new = "hardlink" if "hardlink" in args else "copy"
@@ -248,7 +248,7 @@ def test_mode_change_on_a_prepared_destination_is_refused(inr: tuple[Path, Path]
             assert (evidence in msg) if evidence == "prepare_info.json" else "symbolic link" in msg
             assert tf.snapshot(tmp_path) == snap
     # the same mode still completes it
-    r = tf.run_tool(SCRIPT, "--src", folder, "--dst", dst)
+    r = tf.run_inprocess(SCRIPT, "--src", folder, "--dst", dst)
     assert r.returncode == 0 and json.loads((dst / "prepare_info.json").read_text())["mode"] == "symlink"
 
 
@@ -311,7 +311,7 @@ def test_bad_inputs(inr: tuple[Path, Path], tmp_path: Path, case: str) -> None:
     build, words = BAD[case]
     args = build(tmp_path, folder, tar)
     before_tmp, before_src = tf.snapshot(tmp_path), tf.snapshot(folder.parent)
-    r = tf.run_tool(SCRIPT, *args)
+    r = tf.run_inprocess(SCRIPT, *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     msg = tf.error_text(r.stderr)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr

@@ -5,9 +5,12 @@ imagenet-r folder and tar, a DomainNet tree with list files), only tiny.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import tarfile
@@ -29,6 +32,25 @@ def run_tool(script: str, *args: object, env: dict | None = None, timeout: float
         [sys.executable, str(TOOLS / script), *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def run_inprocess(script: str, *args: object) -> subprocess.CompletedProcess:
+    """``tools/<script>``'s entry point called in this process (no interpreter start-up): the
+    same arguments, exit status and output as :func:`run_tool`, for the many cheap checks."""
+    saved = list(sys.path)
+    sys.path.append(str(TOOLS))
+    try:
+        pc, tool = importlib.import_module("_prep_common"), importlib.import_module(script.removesuffix(".py"))
+    finally:
+        sys.path[:] = saved  # the tools put their folder first: keep it out of later imports
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            pc.run_main(tool.main, [str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess([script, *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def error_text(stderr: str) -> str:
@@ -93,9 +115,33 @@ def _cifar_batch(rng: np.random.Generator, labels: list[int], name: str, cifar10
     return d
 
 
+class Py2Pickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Pickles as Python 2's cPickle wrote the real CIFAR files: str and bytes as 8-bit strings
+    (SHORT_BINSTRING / BINSTRING), numpy's reconstructor named numpy.core.multiarray."""
+
+    dispatch = dict(pickle._Pickler.dispatch)  # type: ignore[attr-defined]
+
+    def save_str8(self, obj: str | bytes) -> None:
+        data = obj.encode("latin1") if isinstance(obj, str) else obj
+        head = pickle.SHORT_BINSTRING + bytes([len(data)]) if len(data) < 256 else \
+            pickle.BINSTRING + struct.pack("<i", len(data))
+        self.write(head + data)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_str8
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if getattr(obj, "__name__", "") == "_reconstruct":
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
 def make_cifar100(root: Path, num_classes: int = 100, train_per_class: int = 2, test_per_class: int = 1,
-                  seed: int = 0, cifar10: bool = False) -> Cifar:
-    """A CIFAR-100-format folder and tar.gz (python pickles, protocol 2, bytes keys)."""
+                  seed: int = 0, cifar10: bool = False, py2: bool = False) -> Cifar:
+    """A CIFAR-100-format folder and tar.gz (python pickles, protocol 2, bytes keys), written by
+    Python 3's pickle or (``py2``) in the byte format of the real files (Python 2's cPickle)."""
     rng = np.random.default_rng(seed)
     train_labels = [int(x) for x in rng.permutation(np.repeat(np.arange(num_classes), train_per_class))]
     test_labels = [int(x) for x in rng.permutation(np.repeat(np.arange(num_classes), test_per_class))]
@@ -110,7 +156,10 @@ def make_cifar100(root: Path, num_classes: int = 100, train_per_class: int = 2, 
     folder.mkdir(parents=True)
     for name, obj in (("train", train), ("test", test), ("meta", meta)):
         with open(folder / name, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
+            if py2:
+                Py2Pickler(f, protocol=2).dump(obj)
+            else:
+                pickle.dump(obj, f, protocol=2)
     targz = root / "cifar-100-python.tar.gz"
     with tarfile.open(targz, "w:gz") as tar:
         tar.add(folder, arcname="cifar-100-python")
@@ -226,13 +275,18 @@ def garbage(path: Path, data: bytes = b"this is not an archive\n") -> Path:
     return path
 
 
-def tar_of(path: Path, members: dict[str, bytes], mode: str = "w") -> Path:
-    """A tar with the given members (name -> content)."""
+def tar_of(path: Path, members: dict[str, bytes | tuple[bytes, str]], mode: str = "w") -> Path:
+    """A tar with the given members: name -> content (a regular file) or -> (type, link name),
+    the type one of tarfile's SYMTYPE, LNKTYPE, FIFOTYPE, CHRTYPE, ..."""
     with tarfile.open(path, mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            if isinstance(data, tuple):
+                info.type, info.linkname = data
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     return path
 
 

@@ -1,21 +1,10 @@
-"""Shared helpers for the dataset-preparation tools in ``tools/``.
+"""Shared helpers of the dataset-preparation tools ``tools/split_*.py``.
 
-Each tool (``split_cifar100.py``, ``split_imagenet_r.py``, ``split_domainnet.py``) reads and
-validates its source, builds a plan (a list of :class:`Item`) and hands it to
-:func:`materialize`, which validates the destination, writes the missing entries atomically and
-finally writes ``class_names.tsv`` and ``prepare_info.json`` (the latter last: it marks a
-complete destination).
-
-Destination layout::
-
-    DST/train/<class>/<image>
-    DST/val/<class>/<image>
-    DST/class_names.tsv      # "<folder>\\t<human name>" per class folder, sorted (when known)
-    DST/prepare_info.json    # tool, source, mode, class count, images per split, UTC time
-
-Errors meant for the user are raised as :class:`PrepError` and printed by :func:`run_main` as a
-single ``error: ...`` paragraph without traceback. Nothing outside ``--dst`` is ever written and
-nothing is ever deleted (except this process' own half-written temporary file on failure).
+A tool validates its source into a plan (:class:`Item` list); :func:`materialize` checks --dst,
+writes what is missing (each entry atomically), then ``class_names.tsv`` and, last (it marks a
+complete destination), ``prepare_info.json``. Input problems are :class:`PrepError`: one
+``error: ...`` line, exit code 2. Nothing outside --dst is written, nothing is deleted (but this
+process' own temporary files), nothing is written through a link or into a special file.
 """
 from __future__ import annotations
 
@@ -29,213 +18,217 @@ import stat
 import sys
 import tarfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: splitlora.run.fileio
 from splitlora.run.fileio import atomic_replace, atomic_write_text  # noqa: E402  (light: no torch)
 
-SPLITS: tuple[str, str] = ("train", "val")
-MODES: tuple[str, ...] = ("symlink", "hardlink", "copy")
-INFO_NAME = "prepare_info.json"
-NAMES_NAME = "class_names.tsv"
-TMP_SUFFIX = ".prep-tmp"
-EXIT_INVALID = 2
-EXIT_OSERROR = 1
-EXIT_INTERRUPTED = 130
-# The file names main.py loads as images: datasets/folder.py's IMAGE_EXTENSIONS (compared
-# lower-case; names starting with '.' are skipped). Mirrored rather than imported because
-# importing the datasets package imports torch (seconds) and these tools stay torch-free;
-# tests/test_tools_imagenet_r.py checks that the two lists agree.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+SPLITS, MODES = ("train", "val"), ("symlink", "hardlink", "copy")
+INFO_NAME, NAMES_NAME, TMP_SUFFIX = "prepare_info.json", "class_names.tsv", ".prep-tmp"
+TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error)
+# datasets/folder.py's IMAGE_EXTENSIONS (lower-case compare; names starting with '.' skipped), mirrored
+# as importing datasets imports torch; tests/test_tools_imagenet_r.py checks that the two agree.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+_KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link",
+          stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device"}
 
 
 class PrepError(Exception):
     """A user-facing error; printed as ``error: <message>`` and exit code 2, no traceback."""
 
 
-# --------------------------------------------------------------------------------------------
-# sources: what one destination entry is made from
-# --------------------------------------------------------------------------------------------
-class Source:
-    """Where the content of one destination entry comes from."""
-
-    order: int = 0  # write order hint (e.g. the offset of a tar member)
-
-    def describe(self) -> str:
-        """Human-readable origin, used in messages."""
-        raise NotImplementedError
-
-    def write(self, tmp: Path, mode: str) -> None:
-        """Create ``tmp`` (which does not exist yet) with this source's content."""
-        raise NotImplementedError
-
-    def matches(self, dest: Path) -> bool:
-        """Whether an existing ``dest`` already is / points to / equals this source."""
-        raise NotImplementedError
-
-    def entry_mode(self, dest: Path) -> str | None:
-        """The ``--mode`` an existing ``dest`` was made with, or None when not telling."""
-        return None
-
-
-class FileSource(Source):
-    """A file on disk, linked or copied according to ``--mode``."""
-
-    __slots__ = ("path", "size")
-
-    def __init__(self, path: str, size: int) -> None:
-        self.path = path  # absolute, as the user spelled it (used as symlink target)
-        self.size = size
-
-    def describe(self) -> str:
-        return self.path
-
-    def write(self, tmp: Path, mode: str) -> None:
-        if mode == "symlink":
-            os.symlink(self.path, tmp)
-        elif mode == "hardlink":
-            try:
-                os.link(self.path, tmp)
-            except OSError as exc:
-                if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                    raise PrepError(
-                        f"cannot hard-link {self.path} into {tmp.parent} ({exc.strerror}); hard "
-                        "links need source and destination on the same filesystem and permission "
-                        "to link the source. Use --mode symlink or --mode copy instead."
-                    ) from None
-                raise
-        elif mode == "copy":
-            shutil.copyfile(self.path, tmp)
-        else:  # pragma: no cover - argparse restricts the choices
-            raise ValueError(mode)
-
-    def matches(self, dest: Path) -> bool:
-        try:
-            if os.path.islink(dest):
-                target = os.readlink(dest)
-                if target == self.path:
-                    return True
-                return os.path.realpath(dest) == os.path.realpath(self.path) and os.path.exists(dest)
-            st = os.stat(dest)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            sst = os.stat(self.path)
-            if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino):
-                return True
-            return st.st_size == sst.st_size
-        except OSError:
-            return False
-
-    def entry_mode(self, dest: Path) -> str | None:
-        try:
-            if os.path.islink(dest):
-                return "symlink"
-            st, sst = os.stat(dest), os.stat(self.path)
-        except OSError:
-            return None
-        return "hardlink" if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino) else "copy"
-
-
-# --------------------------------------------------------------------------------------------
-# plan
-# --------------------------------------------------------------------------------------------
-@dataclass(slots=True)
-class Item:
-    """One destination entry: ``DST/<split>/<cls>/<name>`` made from ``source``."""
-
-    split: str
-    cls: str
-    name: str
-    source: Source
-    origin: str  # where the entry was requested (list file:line, pickle row, ...) for messages
-
-
 def first(values: Iterable[object], n: int = 5) -> str:
-    """Comma-separated first ``n`` values of an iterable."""
-    out = []
-    for i, v in enumerate(values):
-        if i >= n:
-            break
-        out.append(str(v))
-    return ", ".join(out)
+    """Comma-separated first ``n`` values."""
+    return ", ".join(str(v) for _, v in zip(range(n), values))
+
+
+def kind(what: int | str | Path) -> str | None:
+    """What a file is in words, from its ``st_mode`` or its path (links followed; None: nothing there)."""
+    if not isinstance(what, int):
+        try:
+            what = os.stat(what).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    return _KINDS.get(stat.S_IFMT(what), "a special file")
 
 
 def safe_component(part: str) -> bool:
     """Whether ``part`` is usable as one path component (no separators, not . or ..)."""
-    return bool(part) and part not in (".", "..") and "/" not in part and "\\" not in part and "\0" not in part
-
-
-def is_image_name(name: str) -> bool:
-    """Whether main.py would load a file of this name as an image (see IMAGE_EXTENSIONS)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+    return part not in ("", ".", "..") and not any(c in part for c in "/\\\0")
 
 
 def image_name_problem(name: str) -> str | None:
-    """Why a listed file name is not an image main.py would load (None if it is one)."""
+    """Why main.py would not load a file of this name as an image (None: it would)."""
     if name.startswith("."):
         return f"{name!r} is a hidden file (its name starts with '.'), which main.py skips"
     if not name.lower().endswith(IMAGE_EXTENSIONS):
-        return (f"{name!r} is not an image file: main.py loads only {', '.join(IMAGE_EXTENSIONS)} "
-                "files")
+        return f"{name!r} is not an image file: main.py loads only {', '.join(IMAGE_EXTENSIONS)} files"
     return None
 
 
 def open_tar(path: Path, hint: str) -> tarfile.TarFile:
     """Open a (possibly compressed) tar archive for reading; a one-line PrepError if it is none."""
     try:
-        return tarfile.open(path, "r:*")
-    except (tarfile.TarError, EOFError, ValueError, zlib.error):  # (an OSError goes to run_main)
-        raise PrepError(
-            f"{path} is not a readable tar archive (expected a .tar, .tar.gz, .tar.bz2 or .tar.xz file; "
-            f"this file is none of them or is truncated). {hint}"
-        ) from None
+        tar = tarfile.open(path, "r:*")
+    except TAR_ERRORS:  # (an OSError goes to run_main)
+        raise PrepError(f"{path} is not a readable tar archive (expected a .tar, .tar.gz, .tar.bz2 or .tar.xz "
+                        f"file; this file is none of them or is truncated). {hint}") from None
+    tar.errorlevel = 2  # every extraction problem raises (level 1 ignores some)
+    return tar
 
 
-def read_list(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line number, stripped line)`` of a list file, skipping blank lines."""
-    if not path.exists():
-        raise PrepError(f"list file not found: {path}. Check the path given to --train-list/--val-list.")
-    if not path.is_file():
-        raise PrepError(f"list file {path} is not a regular file. Pass the path of a text file with one entry per line.")
+def tar_members(tar: tarfile.TarFile, path: Path, hint: str) -> Iterator[tuple[list[str], tarfile.TarInfo]]:
+    """``(name parts without '' and '.', member)`` of every member, in archive order."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise PrepError(f"list file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}). Pass a plain-text list.") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if line:
-            yield lineno, line
+        for m in tar:
+            yield [p for p in m.name.split("/") if p not in ("", ".")], m
+    except (*TAR_ERRORS, OSError) as exc:
+        raise PrepError(f"{path} is not a readable tar archive or is damaged ({exc}). {hint}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# argument handling and entry point
-# --------------------------------------------------------------------------------------------
-def add_common_args(parser: argparse.ArgumentParser, src_help: str, mode_help: str | None = None,
-                    with_mode: bool = True) -> None:
+def parse_lists(lists: dict[str, Sequence[Path]], parse: Callable[[str], tuple[str, object]],
+                line_format: str) -> dict[str, list[tuple[str, object, str]]]:
+    """``{split: [(rel, extra, "<list>:<line>"), ...]}`` from each split's list files, where
+    ``parse(line)`` gives ``(rel, extra)`` or raises ValueError(why) for a malformed line (an
+    error naming file and line). A file listed in both splits is an error too."""
+    split: dict[str, list[tuple[str, object, str]]] = {name: [] for name in lists}
+    for name, path in ((name, path) for name, paths in lists.items() for path in paths):
+        what = kind(path)
+        if what != "a regular file":
+            raise PrepError(f"list file not found: {path}. Check the path given to --train-list/--val-list." if what
+                            is None else f"list file {path} is {what}, not a text file with one entry per line.")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise PrepError(f"list file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+        before = len(split[name])
+        for lineno, line in ((n, line.strip()) for n, line in enumerate(lines, start=1) if line.strip()):
+            try:
+                split[name].append((*parse(line), f"{path}:{lineno}"))  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise PrepError(f"malformed line {lineno} in {path}: {line!r} ({exc}). Each line must be "
+                                f"{line_format}.") from None
+        if len(split[name]) == before:
+            raise PrepError(f"list file {path} has no entries. Each line must be {line_format}.")
+    keys = {rel for rel, _, _ in split["train"]}
+    overlap = [f"{rel} ({origin})" for rel, _, origin in split["val"] if rel in keys]
+    if overlap:
+        raise PrepError(f"{len(overlap)} file(s) are in both the train and the val lists (first 5: "
+                        f"{first(overlap)}). Train and val must be disjoint; fix the lists.")
+    return split
+
+
+def folder_lookup(root: Path) -> Callable[[str], int | str | None]:
+    """``lookup(rel)``: the size of the regular file ``root/rel``, None when it is missing, or a
+    phrase saying why it is no image (a FIFO, a link leading outside ``root``, ...)."""
+    real, dirs = os.path.realpath(root), {}  # dirs: folder -> its real path
+
+    def lookup(rel: str) -> int | str | None:
+        path = os.path.join(root, rel)
+        parent = os.path.dirname(path)
+        if parent not in dirs:
+            dirs[parent] = os.path.realpath(parent)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                target, st = os.path.realpath(path), os.stat(path)
+            else:
+                target = os.path.join(dirs[parent], os.path.basename(path))
+        except OSError:  # missing, dangling link, link loop
+            return None
+        if target != real and not target.startswith(real + os.sep):
+            return f"leads outside --src {root} (to {target})"
+        return st.st_size if stat.S_ISREG(st.st_mode) else f"is {kind(st.st_mode)} in --src, not a regular file"
+    return lookup
+
+
+def resolve_listed(split: dict[str, list[tuple[str, object, str]]], lookup: Callable[[str], object], src: Path,
+                   hint: str) -> dict[str, object]:
+    """``lookup(rel)`` of each listed file; a phrase (no image) or None (missing) is an error."""
+    found, missing = {}, []
+    for rel, _, origin in (entry for entries in split.values() for entry in entries):
+        found[rel] = got = lookup(rel)
+        if isinstance(got, str):
+            raise PrepError(f"{rel} ({origin}) {got}; only regular files inside --src are images. Fix the list.")
+        if got is None:
+            missing.append(rel)
+    if missing:
+        raise PrepError(f"{len(missing)} file(s) named in the lists are absent from {src} (first 5: "
+                        f"{first(missing)}). {hint}")
+    return found
+
+
+# ---------------------------------------------------------------------------- sources and plan
+class Source:
+    """Where the content of one destination entry comes from (``where``: for messages)."""
+
+    order, where, size = 0, "", -1  # order: write order hint (e.g. the offset of a tar member)
+
+    def write(self, tmp: Path, mode: str) -> None:
+        """Create ``tmp`` (which does not exist yet) with this source's content."""
+        raise NotImplementedError
+
+    def state(self, dest: Path, st: os.stat_result) -> tuple[str, bool]:
+        """The ``--mode`` an existing ``dest`` (lstat ``st``: a file or a link) was made with and
+        whether it already equals this source."""
+        return ("symlink", False) if stat.S_ISLNK(st.st_mode) else ("copy", st.st_size == self.size)
+
+
+class FileSource(Source):
+    """A file on disk, linked or copied according to ``--mode``."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self.where = self.path = path  # absolute, as the user spelled it (the symlink target)
+        self.size = size
+
+    def write(self, tmp: Path, mode: str) -> None:
+        try:
+            {"symlink": os.symlink, "hardlink": os.link, "copy": shutil.copyfile}[mode](self.path, tmp)
+        except OSError as exc:
+            if mode != "hardlink" or exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+                raise
+            raise PrepError(f"cannot hard-link {self.path} into {tmp.parent} ({exc.strerror}); hard links need "
+                            "source and destination on the same filesystem and permission to link the source. "
+                            "Use --mode symlink or --mode copy instead.") from None
+
+    def state(self, dest: Path, st: os.stat_result) -> tuple[str, bool]:
+        if stat.S_ISLNK(st.st_mode):
+            return "symlink", os.readlink(dest) == self.path or (
+                os.path.realpath(dest) == os.path.realpath(self.path) and os.path.exists(dest))
+        try:
+            sst = os.stat(self.path)
+        except OSError:
+            return "copy", False
+        same = (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino)
+        return ("hardlink" if same else "copy"), same or st.st_size == sst.st_size
+
+
+# One destination entry DST/<split>/<cls>/<name> made from source; origin (a list file:line, a
+# pickle row, ...) says for messages where it was requested.
+Item = NamedTuple("Item", [("split", str), ("cls", str), ("name", str), ("source", Source), ("origin", str)])
+
+
+# ---------------------------------------------------------------------------- command line
+def add_common_args(parser: argparse.ArgumentParser, src_help: str, with_mode: bool = True) -> None:
     """Add ``--src``, ``--dst`` and (``with_mode``) ``--mode`` to a tool's parser."""
     parser.add_argument("--src", required=True, type=Path, help=src_help)
-    parser.add_argument(
-        "--dst", required=True, type=Path,
-        help="destination folder (created if needed; must not be inside --src); receives "
-        f"train/<class>/, val/<class>/, {NAMES_NAME} and {INFO_NAME}",
-    )
-    if not with_mode:
-        return
-    parser.add_argument(
-        "--mode", choices=MODES, default="symlink",
-        help=mode_help or "how images are placed in the destination: symlink (absolute targets, "
-        "default), hardlink (same filesystem only) or copy",
-    )
+    parser.add_argument("--dst", required=True, type=Path, help="destination folder (created if needed; not inside "
+                        f"--src); receives train/<class>/, val/<class>/, {NAMES_NAME} and {INFO_NAME}")
+    if with_mode:
+        parser.add_argument("--mode", choices=MODES, default="symlink", help="how images are placed in --dst: "
+                            "symlink (absolute targets, default), hardlink (same filesystem only) or copy")
 
 
 def check_src_dst(src: Path, dst: Path) -> tuple[Path, Path]:
     """Validate the source/destination pair; return absolute (unresolved) paths."""
-    src_abs = Path(os.path.abspath(src))
-    dst_abs = Path(os.path.abspath(dst))
-    if not os.path.exists(src_abs):
+    src_abs, dst_abs = Path(os.path.abspath(src)), Path(os.path.abspath(dst))
+    what = kind(src_abs)
+    if what is None:
         raise PrepError(f"source not found: {src_abs}. Check the --src path (download/extract the dataset first).")
+    if what not in ("a folder", "a regular file"):
+        raise PrepError(f"--src {src_abs} is {what}, not a folder or an archive file. Point --src at the download.")
     s, d = src_abs.resolve(), dst_abs.resolve()
     if d == s:
         raise PrepError(f"--dst {dst_abs} is the same as --src. Choose a separate destination folder outside the source.")
@@ -246,254 +239,160 @@ def check_src_dst(src: Path, dst: Path) -> tuple[Path, Path]:
     return src_abs, dst_abs
 
 
-def describe_oserror(exc: OSError) -> str:
-    """A one-line description of an OSError with its file name(s)."""
-    what = exc.strerror or str(exc)
-    names = [n for n in (exc.filename, exc.filename2) if n]
-    return f"{what}" + (f" ({' -> '.join(map(str, names))})" if names else "")
-
-
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
     """Run a tool's ``main`` and turn known failures into short messages and exit codes."""
     try:
         code = main(argv)
     except PrepError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        code = EXIT_INVALID
+        code = 2
     except KeyboardInterrupt:
-        print(
-            "\nerror: interrupted. The destination may be incomplete (it has no up-to-date "
-            f"{INFO_NAME}); re-run the same command to complete it.",
-            file=sys.stderr,
-        )
-        code = EXIT_INTERRUPTED
+        print(f"\nerror: interrupted. The destination may be incomplete (it has no up-to-date {INFO_NAME}); "
+              "re-run the same command to complete it.", file=sys.stderr)
+        code = 130
     except OSError as exc:
-        print(
-            f"error: {describe_oserror(exc)}. Check free disk space and permissions of the source "
-            "and destination; re-running the same command resumes where it stopped.",
-            file=sys.stderr,
-        )
-        code = EXIT_OSERROR
+        names = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n)
+        print(f"error: {exc.strerror or exc}{f' ({names})' if names else ''}. Check free disk space and permissions "
+              "of the source and destination; re-running the same command resumes where it stopped.", file=sys.stderr)
+        code = 1
     sys.exit(code)
 
 
-# --------------------------------------------------------------------------------------------
-# destination handling
-# --------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------- destination
+_MODE_NOUN = {"symlink": "symbolic link", "hardlink": "hard link to its source", "copy": "separate copy"}
+
+
+def _mode_conflict(dst: Path, old: str, new: str, evidence: str) -> PrepError:
+    return PrepError(f"--dst {dst} was prepared with --mode {old} ({evidence}), but this run uses --mode {new}; "
+                     f"one destination cannot mix the two and nothing was changed. Re-run with --mode {old} to "
+                     f"complete it, or use a new --dst (or delete {dst} first) for --mode {new}.")
+
+
+def _exists_as(path: Path, want: Callable[[int], bool]) -> bool:
+    """Whether ``path`` exists; a PrepError when it is not what ``want`` accepts (e.g. a symbolic link)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not want(mode):
+        raise PrepError(f"{path} is {kind(mode)}, not {'a folder' if want is stat.S_ISDIR else 'a regular file'}; "
+                        "nothing is written through links or into special files. Use a new --dst (or move it away).")
+    return True
+
+
+def _old_info(dst: Path, tool: str, mode: str, tsv: str | None) -> dict | None:
+    """The existing prepare_info.json (None if absent) and class_names.tsv, checked against this run."""
+    info, names, old = dst / INFO_NAME, dst / NAMES_NAME, None
+    if _exists_as(info, stat.S_ISREG):
+        try:
+            old = json.loads(info.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            pass
+        if not isinstance(old, dict):
+            raise PrepError(f"{info} exists but is not valid JSON. Use a new --dst (or move that file away).")
+        if old.get("tool") != tool:
+            raise PrepError(f"--dst {dst} was prepared by {old.get('tool')!r}, not {tool}. Use a separate "
+                            "destination folder per dataset.")
+        if isinstance(old.get("mode"), str) and old["mode"] != mode:
+            raise _mode_conflict(dst, old["mode"], mode, f"its {INFO_NAME} says so")
+    if _exists_as(names, stat.S_ISREG) and tsv is not None and names.read_text(encoding="utf-8") != tsv:
+        raise PrepError(f"{names} exists with different content. This destination was prepared from another "
+                        "source; use a new --dst (or move that file away).")
+    return old
+
+
 def _is_tmp(name: str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
 
 
-def _write_atomic(dest: Path, source: Source, mode: str) -> None:
-    """Place one image (a link, a hard link or a file) atomically."""
-    atomic_replace(dest, lambda tmp: source.write(tmp, mode), suffix=TMP_SUFFIX)
+def materialize(*, tool: str, src: Path, dst: Path, mode: str, items: list[Item], classes: Sequence[str],
+                class_names: dict[str, str] | None, options: dict[str, object] | None = None,
+                info_mode: str | None = None, refuse_empty: str | None = None) -> int:
+    """Check ``dst`` against the plan, create what is missing, write names and info, report.
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_text(path, text, suffix=TMP_SUFFIX)
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def _check_unique(items: Sequence[Item]) -> None:
-    seen: dict[tuple[str, str, str], Item] = {}
-    for it in items:
-        key = (it.split, it.cls, it.name)
-        other = seen.get(key)
-        if other is not None:
-            raise PrepError(
-                f"two entries map to the same destination {'/'.join(key)}: {other.origin} "
-                f"({other.source.describe()}) and {it.origin} ({it.source.describe()}). Remove the "
-                "duplicate from the list(s)."
-            )
-        seen[key] = it
-
-
-_MODE_NOUN = {"symlink": "symbolic link", "hardlink": "hard link to its source", "copy": "separate copy"}
-
-
-def _mode_conflict(dst: Path, old: str, new: str, evidence: str) -> str:
-    """The message refusing to mix two ``--mode`` values in one destination."""
-    return (
-        f"--dst {dst} was prepared with --mode {old} ({evidence}), but this run uses --mode {new}; "
-        "one destination cannot mix the two and nothing was changed. Re-run with --mode "
-        f"{old} to complete it, or use a new --dst (or delete {dst} first) for --mode {new}."
-    )
-
-
-def names_tsv(class_names: dict[str, str]) -> str:
-    """Content of class_names.tsv: ``<folder>\\t<name>`` per class, sorted by folder."""
-    for folder, name in class_names.items():
-        if any(c in name for c in "\t\r\n"):
-            raise PrepError(f"class name {name!r} of {folder} contains a tab or newline; fix the source's name list.")
-    return "".join(f"{k}\t{class_names[k]}\n" for k in sorted(class_names))
-
-
-def materialize(
-    *,
-    tool: str,
-    src: Path,
-    dst: Path,
-    mode: str,
-    items: list[Item],
-    classes: Sequence[str],
-    class_names: dict[str, str] | None,
-    options: dict[str, object] | None = None,
-    info_mode: str | None = None,
-) -> int:
-    """Validate ``dst`` against the plan, create what is missing, write names/info, report.
-
-    Existing entries that already match their source are left untouched; an existing entry
-    that does not match, or entries/class folders not in the plan, stop the run (exit 2)
-    before anything is written.
+    Entries already matching their source are left untouched; a mismatching entry, entries or
+    class folders not in the plan, or links / special files where folders or files belong stop
+    the run (exit 2) before anything is written. ``info_mode`` (for a tool without ``--mode``)
+    replaces ``mode`` in prepare_info.json and turns off the check against mixing modes. A class
+    without images in a split is a warning, or with ``refuse_empty`` (how to fix it) an error.
     """
     from tqdm import tqdm  # imported lazily: keeps validation failures fast
 
-    classes = sorted(classes)
-    class_set = set(classes)
-    _check_unique(items)
-    for it in items:
-        if it.cls not in class_set:  # pragma: no cover - programming error in a tool
-            raise ValueError(f"item class {it.cls} not among classes")
-
-    # ---- existing metadata ----
-    info_path = dst / INFO_NAME
-    names_path = dst / NAMES_NAME
-    old_info: dict | None = None
-    if info_path.exists():
-        try:
-            old_info = json.loads(info_path.read_text(encoding="utf-8"))
-            if not isinstance(old_info, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError):
-            raise PrepError(f"{info_path} exists but is not valid JSON. Use a new --dst (or move that file away).") from None
-        if old_info.get("tool") != tool:
-            raise PrepError(
-                f"--dst {dst} was prepared by {old_info.get('tool')!r}, not {tool}. Use a separate "
-                "destination folder per dataset."
-            )
-        old_mode = old_info.get("mode")
-        if isinstance(old_mode, str) and old_mode != (info_mode or mode):
-            raise PrepError(_mode_conflict(dst, old_mode, info_mode or mode, f"its {INFO_NAME} says so"))
-    tsv = names_tsv(class_names) if class_names else None
-    if tsv is not None and names_path.exists():
-        if names_path.read_text(encoding="utf-8") != tsv:
-            raise PrepError(
-                f"{names_path} exists with different content. This destination was prepared from "
-                "another source; use a new --dst (or move that file away)."
-            )
-
-    # ---- existing tree ----
+    classes, shown_mode = sorted(classes), info_mode or mode
     planned: dict[tuple[str, str], dict[str, Item]] = {(s, c): {} for s in SPLITS for c in classes}
     for it in items:
-        planned[(it.split, it.cls)][it.name] = it
-    foreign: list[str] = []
-    for split in SPLITS:
-        sdir = dst / split
-        if os.path.lexists(sdir) and not sdir.is_dir():
-            raise PrepError(f"{sdir} exists and is not a folder. Use a new --dst.")
-        if sdir.is_dir():
-            foreign += [str(sdir / n) for n in sorted(os.listdir(sdir)) if n not in class_set and not _is_tmp(n)]
-    to_check: list[tuple[Path, Item]] = []
-    to_write: list[Item] = []
-    stale_tmp = 0
-    for (split, cls), entries in planned.items():
-        cdir = dst / split / cls
-        try:
-            existing = set(os.listdir(cdir))
-        except FileNotFoundError:
-            existing = set()
-        except NotADirectoryError:
-            raise PrepError(f"{cdir} exists and is not a folder. Use a new --dst.") from None
-        for name, it in entries.items():
-            if name in existing:
-                to_check.append((cdir / name, it))
-            else:
-                to_write.append(it)
-        for name in sorted(existing - entries.keys()):
-            if _is_tmp(name):
-                stale_tmp += 1
-            else:
-                foreign.append(str(cdir / name))
-    if foreign:
-        raise PrepError(
-            f"--dst {dst} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that are not "
-            f"part of this split (first 5: {first(foreign)}); it was prepared with other settings or "
-            "data. Use a new --dst."
-        )
-    wrong: list[str] = []
-    conflict: str | None = None
-    if to_check:
-        with tqdm(to_check, desc=f"{tool}: checking", unit="img", leave=False) as bar:
-            for dest, it in bar:
-                found = it.source.entry_mode(dest)
-                if found is not None and found != mode:
-                    conflict = _mode_conflict(dst, found, mode, f"e.g. {dest} is a {_MODE_NOUN[found]}")
-                    break
-                if not it.source.matches(dest):
-                    wrong.append(f"{dest} (expected {it.source.describe()})")
-    if conflict:
-        raise PrepError(conflict)
-    if wrong:
-        raise PrepError(
-            f"{len(wrong)} existing destination entr{'y' if len(wrong) == 1 else 'ies'} do not match "
-            f"the source (first 5: {first(wrong)}). Nothing was overwritten; remove those entries "
-            "or use a new --dst."
-        )
-    if mode == "hardlink" and to_write and isinstance(to_write[0].source, FileSource):
-        src_dev = os.stat(to_write[0].source.path).st_dev
-        if src_dev != os.stat(_nearest_existing(dst)).st_dev:
-            raise PrepError(
-                f"--mode hardlink needs --src and --dst on the same filesystem, but {src} and {dst} "
-                "are on different ones. Use --mode symlink or --mode copy."
-            )
+        other = planned[(it.split, it.cls)].setdefault(it.name, it)
+        if other is not it:
+            raise PrepError(f"two entries map to the same destination {it.split}/{it.cls}/{it.name}: {other.origin} "
+                            f"({other.source.where}) and {it.origin} ({it.source.where}). Remove the duplicate.")
+    empty = {s: [c for c in classes if not planned[(s, c)]] for s in SPLITS}
+    for split, other in (("val", "train"), ("train", "val")):
+        if empty[split] and refuse_empty:
+            raise PrepError(f"{len(empty[split])} class(es) have {other} images but no {split} images (first 5: "
+                            f"{first(empty[split])}); every class needs images in both train and val (main.py "
+                            f"refuses an empty class folder). {refuse_empty}")
+    for folder, name in (class_names or {}).items():
+        if any(c in name for c in "\t\r\n"):
+            raise PrepError(f"class name {name!r} of {folder} contains a tab or newline; fix the source's name list.")
+    tsv = "".join(f"{k}\t{class_names[k]}\n" for k in sorted(class_names)) if class_names else None
+    old_info = _old_info(dst, tool, shown_mode, tsv)
 
-    # ---- write ----
+    foreign, to_check, to_write, stale = [], [], [], 0
     for split in SPLITS:
+        if _exists_as(dst / split, stat.S_ISDIR):
+            foreign += [dst / split / n for n in sorted(os.listdir(dst / split)) if (split, n) not in planned
+                        and not _is_tmp(n)]
         for cls in classes:
-            (dst / split / cls).mkdir(parents=True, exist_ok=True)
+            entries, cdir = planned[(split, cls)], dst / split / cls
+            existing = set(os.listdir(cdir)) if _exists_as(cdir, stat.S_ISDIR) else set()
+            to_check += [(cdir / n, it, os.lstat(cdir / n)) for n, it in entries.items() if n in existing]
+            to_write += [it for n, it in entries.items() if n not in existing]
+            stale += sum(map(_is_tmp, existing - entries.keys()))
+            foreign += [cdir / n for n in sorted(existing - entries.keys()) if not _is_tmp(n)]
+    if foreign:
+        raise PrepError(f"--dst {dst} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} that are not "
+                        f"part of this split (first 5: {first(foreign)}); it was prepared with other settings or "
+                        "data. Use a new --dst.")
+    wrong = []
+    for dest, it, st in tqdm(to_check, desc=f"{tool}: checking", unit="img", leave=False, disable=not to_check):
+        usable = stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)  # not a folder, a FIFO, ...
+        found, same = it.source.state(dest, st) if usable else ("", False)
+        if found and info_mode is None and found != mode:
+            raise _mode_conflict(dst, found, mode, f"e.g. {dest} is a {_MODE_NOUN[found]}")
+        if not same:
+            wrong.append(f"{dest} ({kind(st.st_mode)}; expected {it.source.where})")
+    if wrong:
+        raise PrepError(f"{len(wrong)} existing destination entr{'y' if len(wrong) == 1 else 'ies'} do not match the "
+                        f"source (first 5: {first(wrong)}). Nothing was overwritten; remove them or use a new --dst.")
+    if mode == "hardlink" and to_write:  # the sources are FileSources
+        near = next(p for p in (dst, *dst.parents) if p.exists())
+        if os.stat(to_write[0].source.path).st_dev != os.stat(near).st_dev:  # type: ignore[attr-defined]
+            raise PrepError(f"--mode hardlink needs --src and --dst on the same filesystem, but {src} and {dst} are "
+                            "on different ones. Use --mode symlink or --mode copy.")
+
+    for split, cls in planned:
+        (dst / split / cls).mkdir(parents=True, exist_ok=True)
     to_write.sort(key=lambda it: (it.source.order, it.split, it.cls, it.name))
     for it in tqdm(to_write, desc=f"{tool}: writing", unit="img", disable=not to_write):
-        _write_atomic(dst / it.split / it.cls / it.name, it.source, mode)
-    wrote_tsv = tsv is not None and not names_path.exists()
+        atomic_replace(dst / it.split / it.cls / it.name, lambda tmp: it.source.write(tmp, mode), suffix=TMP_SUFFIX)
+    wrote_tsv = tsv is not None and not (dst / NAMES_NAME).exists()
     if wrote_tsv:
-        _write_text_atomic(names_path, tsv)
-
+        atomic_write_text(dst / NAMES_NAME, tsv, suffix=TMP_SUFFIX)
     counts = {s: sum(len(planned[(s, c)]) for c in classes) for s in SPLITS}
-    complete = old_info is not None and not to_write and not wrote_tsv
-    if not complete:
-        info = {
-            "tool": tool,
-            "source": str(src),
-            "mode": info_mode or mode,
-            "num_classes": len(classes),
-            "images": counts,
-            "class_names_file": NAMES_NAME if tsv is not None else None,
-            "options": options or {},
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        _write_text_atomic(info_path, json.dumps(info, indent=2) + "\n")
-
-    # ---- report ----
-    if complete:
+    if old_info is not None and not to_write and not wrote_tsv:
         print(f"{tool}: destination already complete, nothing changed.")
-    elif old_info is not None or to_check:
-        print(f"{tool}: completed an existing destination ({len(to_write)} entries added, {len(to_check)} already present).")
     else:
-        print(f"{tool}: done ({len(to_write)} entries written).")
-    if stale_tmp:
-        print(f"  note: {stale_tmp} stale temporary file(s) ({TMP_SUFFIX}) from an interrupted run were left in place.")
-    for split in SPLITS:
-        empty = [c for c in classes if not planned[(split, c)]]
-        if empty:
-            print(f"warning: {len(empty)} class(es) have no {split} images (first 5: {first(empty)}).", file=sys.stderr)
-    print(f"  classes:     {len(classes)}")
-    print(f"  train:       {counts['train']} images")
-    print(f"  val:         {counts['val']} images")
-    print(f"  mode:        {info_mode or mode}")
-    print(f"  destination: {dst}")
+        info = {"tool": tool, "source": str(src), "mode": shown_mode, "num_classes": len(classes), "images": counts,
+                "class_names_file": NAMES_NAME if tsv is not None else None, "options": options or {},
+                "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        atomic_write_text(dst / INFO_NAME, json.dumps(info, indent=2) + "\n", suffix=TMP_SUFFIX)
+        print(f"{tool}: completed an existing destination ({len(to_write)} entries added, {len(to_check)} already "
+              "present)." if old_info is not None or to_check else f"{tool}: done ({len(to_write)} entries written).")
+    if stale:
+        print(f"  note: {stale} stale temporary file(s) ({TMP_SUFFIX}) from an interrupted run were left in place.")
+    for split in (s for s in SPLITS if empty[s]):
+        print(f"warning: {len(empty[split])} class(es) have no {split} images (first 5: {first(empty[split])}).",
+              file=sys.stderr)
+    print(f"  classes:     {len(classes)}\n  train:       {counts['train']} images\n  val:         {counts['val']} "
+          f"images\n  mode:        {shown_mode}\n  destination: {dst}")
     return 0
