@@ -188,8 +188,8 @@ def _folder_builder(policy: str, interp: str, eval_mode: str, expected: Optional
         mode = eval_mode if cfg.eval_transform == "official" else cfg.eval_transform
         return Benchmark(
             name=name, classes=classes,
-            train=FolderImageSet(root / "train", classes, "train"),
-            val=FolderImageSet(root / "val", classes, "val"),
+            train=FolderImageSet(root / "train", classes, "train", cfg.max_image_pixels),
+            val=FolderImageSet(root / "val", classes, "val", cfg.max_image_pixels),
             train_transform=tf.train_transform(img_size, policy, interp, mean, std),
             eval_transform=tf.eval_transform(img_size, mode, interp, mean, std),
             train_transform_uint8=tf.train_transform(img_size, policy, interp, mean, std, "uint8"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -79,11 +80,16 @@ class ImageSet:
 
 
 class FolderImageSet(ImageSet):
-    """``root/<class>/<image>`` with class ids given by ``classes`` (sorted folder names)."""
+    """``root/<class>/<image>`` with class ids given by ``classes`` (class id = position).
 
-    def __init__(self, root: str | Path, classes: Sequence[str], split: str) -> None:
+    ``max_pixels`` bounds what one image may cost: a file whose header declares more pixels is
+    a bad image (read before anything is decoded), as is anything but a regular file."""
+
+    def __init__(self, root: str | Path, classes: Sequence[str], split: str,
+                 max_pixels: int = 40_000_000) -> None:
         self.root = Path(root)
         self.split = split
+        self.max_pixels = max_pixels
         self.paths: list[str] = []
         self.targets = []
         for cid, name in enumerate(classes):
@@ -99,12 +105,38 @@ class FolderImageSet(ImageSet):
 
     def load(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]
-        try:
-            with Image.open(path) as img:
-                return to_rgb(img)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        try:  # O_NONBLOCK: a FIFO in the folder cannot hang the open
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as exc:
             raise BadImageError(f"cannot read image {path} ({self.split} split): "
-                                f"{type(exc).__name__}: {exc}") from None
+                                f"{exc.strerror or exc}") from None
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise BadImageError(f"cannot read image {path} ({self.split} split): it is "
+                                    f"{_kind(mode)}, not an image file")
+            try:
+                with Image.open(f) as img:
+                    if img.width * img.height > self.max_pixels:
+                        raise BadImageError(
+                            f"image {path} ({self.split} split) declares {img.width} x "
+                            f"{img.height} pixels, more than dataset.max_image_pixels = "
+                            f"{self.max_pixels}; it is not decoded")
+                    return to_rgb(img)
+            except BadImageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+                raise BadImageError(f"cannot read image {path} ({self.split} split): "
+                                    f"{type(exc).__name__}: {exc}") from None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 class BadSample(NamedTuple):

@@ -18,7 +18,6 @@ a run resumed after task t continues exactly as an uninterrupted one.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Optional
@@ -47,11 +46,17 @@ def require(ok: bool, key: str, value: Any, requirement: str) -> None:
 
 
 @dataclass
-class NoParams:
-    """A method without hyper-parameters of its own."""
+class MethodParams:
+    """Base of a method's hyper-parameters (the config section ``method.<name>``): a subclass
+    adds its fields, lists the allowed values of some in ``CHOICES`` (checked here, and shown
+    in docs/config.md) and extends ``validate`` with its ranges."""
+
+    CHOICES: ClassVar[dict[str, tuple]] = {}
 
     def validate(self) -> None:
-        pass
+        for key, allowed in self.CHOICES.items():
+            require(getattr(self, key) in allowed, key, getattr(self, key),
+                    "must be one of " + ", ".join(str(a) for a in allowed))
 
 
 def derived_seed(*keys: int) -> int:
@@ -93,7 +98,7 @@ class Task:
 class Learner:
     """Sequential LoRA with per-task heads; methods override the hooks they need."""
 
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type] = MethodParams
     single_task: ClassVar[bool] = False  # the run gives this method every class as one task
 
     def __init__(self, model: ContinualViT, device: torch.device, train: TrainConfig,
@@ -193,8 +198,3 @@ class Learner:
     def load_state_dict(self, state: dict) -> None:
         self.split_dims = list(state["split_dims"])
         self.interference = list(state["interference"])
-
-
-def param_fields(cls: type) -> list[dataclasses.Field]:
-    """The hyper-parameters a method declares (its ``Params`` dataclass fields)."""
-    return list(dataclasses.fields(cls.Params))

@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
 
 from ..covariance import CovarianceAccumulator, covariance_pass
 from ..engine import NumericalError
-from ..learner import Learner, Task, require
+from ..learner import Learner, MethodParams, Task, require
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,11 @@ def old_dims(basis: Optional[Tensor], kind: str) -> int:
 
 # ------------------------------------------------------------------- the learner
 @dataclass
-class InfLoRAParams:
+class InfLoRAParams(MethodParams):
     """InfLoRA: the DualGPM threshold schedule and its covariance passes."""
+
+    CHOICES: ClassVar[dict[str, tuple]] = {"cov_pass": ("faithful", "plain"),
+                                           "cov_dtype": ("float32", "float64")}
 
     # DualGPM threshold after task t of T: lamb + (lame - lamb) t / T. InfLoRA's configs:
     # 0.98 / 1.0 for ImageNet-R, 0.95 / 1.0 for CIFAR-100 and DomainNet
@@ -229,10 +232,7 @@ class InfLoRAParams:
     cov_amp: bool = False  # run the passes' forward under autocast
 
     def validate(self) -> None:
-        require(self.cov_pass in ("faithful", "plain"), "cov_pass", self.cov_pass,
-                "must be one of faithful, plain")
-        require(self.cov_dtype in ("float32", "float64"), "cov_dtype", self.cov_dtype,
-                "must be one of float32, float64")
+        super().validate()
         require(0 < self.lamb < 1, "lamb", self.lamb,
                 "must be in (0, 1), e.g. 0.98 (InfLoRA's ImageNet-R value) or 0.95")
         require(self.lamb <= self.lame <= 1, "lame", self.lame,

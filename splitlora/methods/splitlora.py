@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from models import kaiming_uniform_A
 
 from ..covariance import CovarianceAccumulator, covariance_pass
 from ..engine import NumericalError
-from ..learner import Learner, Task, require
+from ..learner import Learner, MethodParams, Task, require
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,12 @@ def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
 
 # ------------------------------------------------------------------- 5. the learners
 @dataclass
-class SubspaceParams:
+class SubspaceParams(MethodParams):
     """What every free-subspace method shares: the covariance pass and A."""
+
+    CHOICES: ClassVar[dict[str, tuple]] = {"cov_pass": ("faithful", "plain"),
+                                           "cov_dtype": ("float32", "float64"),
+                                           "a_norm": ("decay", "constant")}
 
     # faithful: the training loader (train transforms, x expand_times), as the official code;
     # plain: the eval transform, one copy of each image (a tenth of the reads)
@@ -186,13 +190,6 @@ class SubspaceParams:
     # ||A_t|| of task t >= 1: decay = ||A_ref|| / (t + 1) (the official code); constant = ||A_ref||
     a_norm: str = "decay"
     train_a: bool = False  # A trains too, kept in the free subspace (not the paper)
-
-    def validate(self) -> None:
-        for key, allowed in (("cov_pass", ("faithful", "plain")),
-                             ("cov_dtype", ("float32", "float64")),
-                             ("a_norm", ("decay", "constant"))):
-            require(getattr(self, key) in allowed, key, getattr(self, key),
-                    "must be one of " + ", ".join(allowed))
 
 
 class SubspaceLoRA(Learner):
@@ -336,15 +333,12 @@ class ThresholdLoRA(SubspaceLoRA):
 
 
 @dataclass
-class RandomAParams:
+class RandomAParams(MethodParams):
     """Ablation ``random_a``: A random in the whole space."""
 
+    CHOICES: ClassVar[dict[str, tuple]] = {"a_norm": ("decay", "constant")}
     # ||A_t|| of task t >= 1: decay = ||A_ref|| / (t + 1) (as SplitLoRA); constant = ||A_ref||
     a_norm: str = "decay"
-
-    def validate(self) -> None:
-        require(self.a_norm in ("decay", "constant"), "a_norm", self.a_norm,
-                "must be one of decay, constant")
 
 
 class RandomA(Learner):

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -198,6 +199,10 @@ def dump_yaml(cfg: Config) -> str:
 # --------------------------------------------------------------------------- loading
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge
+# keys holding a mapping that is a value, not a section: a file or an override replaces it
+# whole (``--set model.kwargs={depth: 6}`` drops the file's other kwargs), never key by key
+PLAIN_MAPPINGS = ("model.kwargs",)
+_UNSET = object()
 
 
 def _omegaconf_problem(exc: Exception) -> str:
@@ -217,18 +222,35 @@ def _omegaconf_problem(exc: Exception) -> str:
         hint = (f"; did you mean '{prefix}{close[0]}'?" if close else
                 f"; known keys here: {', '.join(prefix + k for k in known)}")
         return f"unknown config key '{key}'{hint}"
+    replaced = re.match(r"Merge error: (\w+) is not a subclass of (\w+)\. value: (.*)", text)
+    if replaced and not key and _section_of_type(replaced.group(2)):  # OmegaConf names no key
+        section = _section_of_type(replaced.group(2))
+        return (f"config key '{section}' is a section, not a value (got {replaced.group(3)}); "
+                f"set its keys: --set {section}.KEY=VALUE, or {section}={{KEY: VALUE}}")
     return f"config key '{key}': {text}" if key else text
 
 
+def _sections() -> dict[str, type]:
+    """Every section of the schema by its dotted path ('' for the top level)."""
+    out: dict[str, type] = {}
+    queue: list[tuple[str, type]] = [("", schema())]
+    while queue:
+        path, cls = queue.pop(0)
+        out[path] = cls
+        for name, tp in typing.get_type_hints(cls).items():  # the fields' types, resolved
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                queue.append((f"{path}.{name}" if path else name, tp))
+    return out
+
+
 def _known_keys(section: str) -> list[str]:
-    node: Any = schema()
-    for part in [p for p in section.split(".") if p]:
-        types = {f.name: f.type for f in dataclasses.fields(node)}
-        node = types.get(part)
-        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
-            return []
-        node = node if isinstance(node, type) else type(node)
-    return [f.name for f in dataclasses.fields(node)]
+    cls = _sections().get(section)
+    return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+
+
+def _section_of_type(type_name: str) -> Optional[str]:
+    """The path of the section whose dataclass is named ``type_name`` (None if none)."""
+    return next((path for path, cls in _sections().items() if cls.__name__ == type_name), None)
 
 
 def _parse(text: str, what: str):
@@ -282,8 +304,13 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
                               f" at offset {exc.start}); save it with UTF-8 encoding") from None
     default_name = name or (Path(path).stem if path is not None else "experiment")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema()), {"name": default_name},
-                                 file_cfg, _dotlist(overrides or []))
+        layers = [file_cfg, _dotlist(overrides or [])]
+        merged = OmegaConf.merge(OmegaConf.structured(schema()), {"name": default_name}, *layers)
+        for key in PLAIN_MAPPINGS:  # a value, not a section: the last layer setting it wins whole
+            for layer in layers:
+                value = OmegaConf.select(layer, key, default=_UNSET)
+                if value is not _UNSET:
+                    OmegaConf.update(merged, key, value, merge=False)
         cfg = OmegaConf.to_object(merged)
     except RecursionError:
         raise ConfigError("the config is nested too deeply") from None
