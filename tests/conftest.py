@@ -1,74 +1,74 @@
-"""Shared fixtures: tiny timm ViTs and small configs that run in seconds on a CPU."""
+"""Fixtures and markers of the suite (shared helpers live in tests/helpers.py).
+
+Tests-only defaults, set here for the whole session:
+
+- ``SPLITLORA_CACHE`` points at one temporary folder per session (removed at the end), so
+  the demo backbone is pretrained at most once per session, every run of the demo (in this
+  process or in a subprocess, which inherits the variable) reuses it, and nothing is written
+  to the user's cache;
+- one CPU thread per process (``OMP_NUM_THREADS``, inherited by the subprocesses the tests
+  start, unless already set): the tiny models of the tests run several times faster on one
+  thread than on threads that contend with each other and with the other processes;
+- every test starts from ``torch.manual_seed(0)``.
+"""
 from __future__ import annotations
 
+import atexit
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
-import timm
-import torch
+_CACHE = tempfile.mkdtemp(prefix="splitlora-test-cache-")
+os.environ["SPLITLORA_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-# Subprocesses get a hang guard, not a speed limit: far above any run's time on a loaded
-# machine, below CI's own limit.
-HANG_GUARD_S = 3600
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-TINY_VIT = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
-
-
-def tiny_vit(img_size: int = 16, **kwargs) -> torch.nn.Module:
-    """A 2-block, 32-dim timm VisionTransformer with its classifier removed."""
-    args = dict(TINY_VIT, **kwargs)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
-                             img_size=img_size, **args)
+# Re-exported for the test files not yet moved under the new layout (test_plots.py,
+# test_reproduce.py import them from here).
+from tests.helpers import (HANG_GUARD_S, REPO, TINY_VIT, main_inprocess, run_main,  # noqa: E402,F401
+                           tiny_overrides, tiny_vit)
+from tests.helpers import DemoRuns  # noqa: E402
 
 
-def tiny_overrides(tmp_path: Path | None = None, epochs: int = 2) -> list[str]:
-    """--set overrides turning any config into a tiny CPU run."""
-    return [
-        "device=cpu", "model.name=vit_tiny_patch16_224", "model.pretrained=false",
-        "model.pretrained_file=null",
-        "model.img_size=16", "model.kwargs={patch_size: 4, embed_dim: 32, depth: 2, num_heads: 2}",
-        "lora.rank=2", f"train.epochs={epochs}", "train.milestones=[1]", "train.batch_size=16",
-        "train.expand_times=1", "train.num_workers=0", "eval.num_workers=0", "eval.batch_size=32",
-    ]
+_DEMO = None  # the demo's runs, started in the background when the session begins
 
 
-def run_main(args: list[str], cwd: Path | None = None,
-             timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
-    """Run main.py as a user would; returns the completed process (text output)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, str(REPO / "main.py"), "--no-progress", *args],
-                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout, env=env)
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that use the ``demo_runs`` fixture run last, and their runs start now."""
+    global _DEMO
+    demo = [item for item in items if "demo_runs" in getattr(item, "fixturenames", ())]
+    if demo:
+        items[:] = [item for item in items if item not in demo] + demo
+        workdir = tempfile.mkdtemp(prefix="splitlora-test-demo-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        _DEMO = DemoRuns(Path(workdir)).start()
 
 
-def main_inprocess(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """main.py's entry point called in this process (no interpreter start-up): same arguments,
-    exit status and output as a subprocess, for the many cheap error-path checks."""
-    import contextlib
-    import io
-    import logging
+def pytest_sessionfinish(session, exitstatus):
+    if _DEMO is not None:
+        _DEMO.stop()
 
-    import main as main_module
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main_module.main(["--no-progress", *args])
-    finally:
-        os.chdir(old)
-        for h in list(logging.getLogger().handlers):
-            if getattr(h, "_splitlora", False):
-                logging.getLogger().removeHandler(h)
-                h.close()
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+@pytest.fixture(scope="session")
+def demo_runs():
+    """The demo's runs (tests/helpers.py DemoRuns): their working folder and results."""
+    assert _DEMO is not None, "started by pytest_collection_modifyitems"
+    return _DEMO
 
 
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> str:
+    """The session's SPLITLORA_CACHE (the demo backbone lands there)."""
+    return _CACHE

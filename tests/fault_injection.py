@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 ENV = "SPLITLORA_FAULT"
+WRITE_MODULES = ("splitlora.run.fileio", "splitlora.run.rundir")  # where the writes are made
+ENGINE = "splitlora.engine"  # where the training loss is computed
 SITE = Path(__file__).resolve().parent / "fault_env"
 
 
@@ -96,10 +98,14 @@ def patch_module(module, spec: str) -> Callable[[], None]:
         undo.append((obj, attr, getattr(obj, attr)))
         setattr(obj, attr, new)
     name = module.__name__
-    if kind in ("pause", "enospc") and name in ("splitlora.run.fileio", "splitlora.checkpoint"):
+    # every atomic write goes through fileio.atomic_write_bytes; the run directory calls its
+    # own reference to it (bound at its import: already the wrapped one when the import hook
+    # patched fileio first, so it is wrapped only once)
+    if kind in ("pause", "enospc") and name in WRITE_MODULES and not hasattr(
+            module.atomic_write_bytes, "__wrapped__"):
         swap(module, "atomic_write_bytes",
              _write_wrapper(module.atomic_write_bytes, kind, arg, nth))
-    if kind == "nan_loss" and name == "splitlora.engine":
+    if kind == "nan_loss" and name == ENGINE:
         swap(module, "train_task", _nan_wrapper(module, module.train_task, int(arg)))
 
     def restore() -> None:
@@ -112,8 +118,7 @@ def patch_module(module, spec: str) -> Callable[[], None]:
 def injected(spec: str) -> Iterator[None]:
     """The fault, in this process, for the duration of the block."""
     undos = []
-    mods = ("splitlora.run.fileio", "splitlora.checkpoint") if not spec.startswith("nan_loss") \
-        else ("splitlora.engine",)
+    mods = WRITE_MODULES if not spec.startswith("nan_loss") else (ENGINE,)
     for name in mods:
         undos.append(patch_module(importlib.import_module(name), spec))
     try:
@@ -136,7 +141,7 @@ def install_import_hook(spec: str) -> None:
 
     class Hook(MetaPathFinder):
         def find_spec(self, fullname, path, target=None):
-            if fullname not in ("splitlora.run.fileio", "splitlora.engine"):
+            if fullname not in WRITE_MODULES + (ENGINE,):
                 return None
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):

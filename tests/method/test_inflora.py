@@ -1,5 +1,6 @@
-"""InfLoRA: the design of A, the DualGPM basis and its threshold schedule (against independent
-numpy computations of the official formulas), the learner, and a resumed run."""
+"""InfLoRA (splitlora/methods/inflora.py): the design of A, the DualGPM basis and its threshold
+schedule (against independent numpy computations of the official formulas), its config
+section, the learner, and a run resumed after a crash."""
 from __future__ import annotations
 
 import json
@@ -10,15 +11,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from models import ContinualViT
-from splitlora import engine
-from splitlora.config import ConfigError, from_dict
-from splitlora.covariance import CovarianceAccumulator
-from splitlora.inflora import (REMOVE, RETAIN, design_A, first_basis, old_dims, project_free,
-                               threshold_schedule, update_basis)
-from splitlora.learner import build_learner
-from tests.conftest import main_inprocess, tiny_overrides, tiny_vit
+from splitlora.covariance import CovarianceAccumulator, covariance_pass
+from splitlora.methods.inflora import (REMOVE, RETAIN, design_A, first_basis, old_dims,
+                                       project_free, threshold_schedule, update_basis)
+from splitlora.run.errors import ConfigError
 from tests.fault_injection import injected
+from tests.helpers import (loader, main_inprocess, make_config, make_learner, make_task, sets,
+                           synthetic, task_of, tiny_overrides)
 
 
 def _orthonormal(d: int, k: int, seed: int) -> np.ndarray:
@@ -151,58 +150,47 @@ def test_updates_keep_random_bases_orthonormal():
     assert torch.allclose(project_free(torch.eye(24), basis, kind), basis @ basis.T)
 
 
-def test_inflora_thresholds_are_validated():
-    assert (from_dict({}).method.inflora_lamb, from_dict({}).method.inflora_lame) == (0.98, 1.0)
-    with pytest.raises(ConfigError, match="method.inflora_lamb"):
-        from_dict({"method": {"inflora_lamb": 1.0}})
-    with pytest.raises(ConfigError, match="method.inflora_lame"):
-        from_dict({"method": {"inflora_lamb": 0.95, "inflora_lame": 0.9}})
+def test_inflora_thresholds_are_validated_in_its_config_section():
+    cfg = make_config({})
+    assert (cfg.method.inflora.lamb, cfg.method.inflora.lame) == (0.98, 1.0)
+    with pytest.raises(ConfigError, match="'method.inflora.lamb' = 1.0 is invalid"):
+        make_config({"method": {"name": "inflora", "inflora": {"lamb": 1.0}}})
+    with pytest.raises(ConfigError, match="'method.inflora.lame' = 0.9 is invalid"):
+        make_config({"method": {"name": "inflora", "inflora": {"lamb": 0.95, "lame": 0.9}}})
 
 
 # --------------------------------------------------------------------------- learner
 
-def _loader(seed: int, n: int = 16, offset: int = 0) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 16, 16, generator=g)
-    y = torch.randint(0, 3, (n,), generator=g) + offset
-    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=False)
-
-
 def _learner():
-    cfg = from_dict({"method": {"name": "inflora", "inflora_lamb": 0.9}, "lora": {"rank": 2},
-                     "device": "cpu", "dataset": {"num_tasks": 3},
-                     "train": {"epochs": 2, "milestones": [1], "batch_size": 8,
-                               "expand_times": 1, "lr": 1e-2, "num_workers": 0}})
-    model = ContinualViT(tiny_vit(), rank=2)
-    return model, build_learner(cfg, model, torch.device("cpu"))
+    return make_learner("inflora", lamb=0.9)
 
 
-def _task_covs(model, loader) -> list[torch.Tensor]:
+def _task_covs(model, batches) -> list[torch.Tensor]:
     acc = CovarianceAccumulator(len(model.adapters), 32)
-    engine.covariance_pass(model, model.adapters, loader, acc, torch.device("cpu"), None,
-                           progress=False)
+    covariance_pass(model, model.adapters, batches, acc, torch.device("cpu"), None)
     return [acc.covariance(i) for i in range(acc.num_layers)]
 
 
 def test_learner_designs_A_from_the_new_tasks_inputs_outside_the_old_subspace():
     model, learner = _learner()
-    covs0 = _task_covs(model, _loader(0))
-    learner.before_task(0, 3, lambda: _loader(0), progress=False)
+    task0, task1 = task_of(0, seed=0), task_of(1, seed=1)
+    covs0 = _task_covs(model, loader(0))
+    learner.before_task(task0)
     for a, c in zip(model.adapters, covs0):
         expected = np.linalg.svd(c.double().numpy())[0][:, :2].T / math.sqrt(3)
         assert _same_rows_up_to_sign(a.lora_A[0], expected, atol=1e-5)
         assert torch.equal(a.lora_A[0], a.lora_A[1])  # k and v share A
-    learner.train_task(0, _loader(0), 0, progress=False)
-    learner.after_task(0, lambda: _loader(0), progress=False)
+    learner.train_task(task0)
+    learner.after_task(task0)
     assert learner.split_dims[0] == [b.shape[1] for b in learner.bases]  # remove bases
-    covs1 = _task_covs(model, _loader(1, offset=3))  # the model as it is before task 1
-    learner.before_task(1, 3, lambda: _loader(1, offset=3), progress=False)
+    covs1 = _task_covs(model, loader(1, offset=3))  # the model as it is before task 1
+    learner.before_task(task1)
     for a, c, m in zip(model.adapters, covs1, learner.bases):
         m = m.double().numpy()
         expected = np.linalg.svd(c.double().numpy() - m @ m.T @ c.double().numpy())[0][:, :2].T
         assert _same_rows_up_to_sign(a.lora_A[0], expected / math.sqrt(3), atol=1e-5)
         assert np.abs(a.lora_A[0].double().numpy() @ m).max() < 1e-5
-    learner.train_task(1, _loader(1, offset=3), 3, progress=False)
+    learner.train_task(task1)
     for a, m in zip(model.adapters, learner.bases):  # old-subspace inputs: outputs unchanged
         x = (m @ torch.randn(m.shape[1], 20)).T
         with torch.no_grad():
@@ -210,38 +198,28 @@ def test_learner_designs_A_from_the_new_tasks_inputs_outside_the_old_subspace():
             assert torch.allclose(a(x), a.base_layer(x), atol=1e-5)
 
 
-def test_learner_state_round_trip_gives_the_same_next_A():
+def test_the_last_task_extends_no_basis():
     model, learner = _learner()
-    learner.before_task(0, 3, lambda: _loader(0), progress=False)
-    learner.train_task(0, _loader(0), 0, progress=False)
-    learner.after_task(0, lambda: _loader(0), progress=False)
-    state = learner.state_dict()
-    model2, learner2 = _learner()
-    model2.heads.add_head(3)
-    model2.load_state_dict(model.state_dict())
-    learner2.load_state_dict(state)
-    assert learner2.kinds == learner.kinds and learner2.split_dims == learner.split_dims
-    assert all(torch.equal(a, b) for a, b in zip(learner2.bases, learner.bases))
-    learner.before_task(1, 3, lambda: _loader(1, offset=3), progress=False)
-    learner2.before_task(1, 3, lambda: _loader(1, offset=3), progress=False)
-    for a, b in zip(model.adapters, model2.adapters):
-        assert torch.equal(a.lora_A, b.lora_A)
+    passes = []
+    task = make_task(0, lambda: loader(0), last=True,
+                     data_pass=lambda: passes.append(1) or loader(0))
+    learner.before_task(task)  # designs A from the task's inputs: one pass
+    learner.train_task(task)
+    learner.after_task(task)  # no task follows: no second pass
+    assert len(passes) == 1 and learner.split_dims == [None] and learner.bases == [None, None]
 
 
-def test_before_task_without_data_is_refused():
+def test_a_state_of_another_model_is_refused():
     _, learner = _learner()
-    with pytest.raises(ValueError, match="make_cov_loader"):
-        learner.before_task(0, 3)
+    with pytest.raises(ValueError, match="1 blocks, the model 2"):
+        learner.load_state_dict(dict(learner.state_dict(), bases=[None]))
 
 
 # --------------------------------------------------------------------------- main.py
 
-SYNTH = ["dataset.name=synthetic", "dataset.num_tasks=3", "method.name=inflora",
-         "dataset.synthetic={num_classes: 6, train_per_class: 12, val_per_class: 4, image_size: 16}"]
-
-
 def _args(out: str) -> list[str]:
-    return [x for s in tiny_overrides(epochs=2) + SYNTH for x in ("--set", s)] + ["--output", out]
+    return sets(tiny_overrides(epochs=2) + synthetic(3, 6, 12, 4) + ["method.name=inflora"]) + [
+        "--output", out]
 
 
 def test_inflora_run_resumed_after_a_crash_equals_an_uninterrupted_one(tmp_path):

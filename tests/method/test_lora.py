@@ -1,4 +1,5 @@
-"""The LoRA qkv wrapper: identity at init, merge equivalence, slices, fused attention."""
+"""The LoRA qkv wrapper (models/lora.py): identity at init, merge equivalence, the target
+slices, fused and unfused attention (on the CPU, and on a GPU where there is one)."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from models import ContinualViT, LoRAQKV, inject_lora
-from tests.conftest import tiny_vit
+from tests.helpers import DEVICES, tiny_vit
 
 
 def _set_fused(model: nn.Module, fused: bool) -> None:
@@ -16,13 +17,14 @@ def _set_fused(model: nn.Module, fused: bool) -> None:
         block.attn.fused_attn = fused
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fused", [True, False])
-def test_wrapped_equals_original_at_init(fused):
+def test_wrapped_equals_original_at_init(fused, device):
     base = tiny_vit()
     _set_fused(base, fused)
-    ref = copy.deepcopy(base).eval()
-    model = ContinualViT(base, rank=3).eval()
-    x = torch.randn(4, 3, 16, 16)
+    ref = copy.deepcopy(base).eval().to(device)
+    model = ContinualViT(base, rank=3).eval().to(device)
+    x = torch.randn(4, 3, 16, 16, device=device)
     with torch.no_grad():
         expected = ref(x)
         assert torch.equal(model.features(x), expected)  # no adapter yet
@@ -34,10 +36,11 @@ def test_wrapped_equals_original_at_init(fused):
     assert isinstance(kept, nn.Linear) and torch.equal(kept.weight, ref.blocks[0].attn.qkv.weight)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fused", [True, False])
-def test_merged_equals_unmerged_after_training_steps(fused):
+def test_merged_equals_unmerged_after_training_steps(fused, device):
     torch.manual_seed(1)
-    model = ContinualViT(tiny_vit(), rank=3)
+    model = ContinualViT(tiny_vit(), rank=3).to(device)
     _set_fused(model.backbone, fused)
     model.heads.add_head(5)
     for a in model.adapters:
@@ -45,13 +48,14 @@ def test_merged_equals_unmerged_after_training_steps(fused):
     params = [a.lora_B for a in model.adapters] + list(model.heads.parameters())
     opt = torch.optim.AdamW(params, lr=1e-2)
     for _ in range(5):
-        x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,))
+        x = torch.randn(8, 3, 16, 16, device=device)
+        y = torch.randint(0, 5, (8,), device=device)
         loss = nn.functional.cross_entropy(model(x, 0), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert all(a.lora_B.abs().max() > 0 for a in model.adapters)
-    x = torch.randn(6, 3, 16, 16)
+    x = torch.randn(6, 3, 16, 16, device=device)
     with torch.no_grad():
         unmerged = model(x)
         model.merge_adapters()
@@ -95,12 +99,14 @@ def test_only_B_receives_gradients_by_default():
 def test_inject_refuses_twice_and_non_vit():
     vit = tiny_vit()
     inject_lora(vit, 2, ("k", "v"))
-    with pytest.raises(RuntimeError, match="already"):
-        inject_lora(vit, 2, ("k", "v"))
+    with pytest.raises(TypeError, match="no fused attn.qkv Linear .found LoRAQKV"):
+        inject_lora(vit, 2, ("k", "v"))  # already wrapped: never a wrapper inside a wrapper
     with pytest.raises(TypeError, match="blocks"):
         inject_lora(nn.Linear(3, 3), 2, ("k",))
     with pytest.raises(ValueError, match="targets"):
         LoRAQKV(nn.Linear(4, 12), 2, ("x",))
+    with pytest.raises(TypeError, match="fused qkv"):
+        LoRAQKV(nn.Linear(4, 10), 2)  # not three equal slices
 
 
 def test_merge_accumulates_tasks_in_the_base_weight():
@@ -159,3 +165,12 @@ def test_merged_forward_equals_old_deltas_applied_separately(fused):
         for block in reference.blocks:
             block.attn.qkv.deltas = []
         assert (reference(x) - merged).abs().max() / ref.abs().max() > 1e-3
+
+
+def test_set_adapter_refuses_a_wrong_shape_and_merge_without_adapter_is_a_no_op():
+    wrap = LoRAQKV(nn.Linear(8, 24), rank=2)
+    with pytest.raises(ValueError, match="expected .2, 2, 8."):
+        wrap.set_adapter(torch.zeros(1, 2, 8))
+    w = wrap.base_layer.weight.detach().clone()
+    wrap.merge()
+    assert torch.equal(wrap.base_layer.weight, w) and not wrap.active

@@ -1,4 +1,6 @@
-"""The split rule, the free basis and the initialisation of A, pinned on hand-made spectra."""
+"""SplitLoRA's mathematics (splitlora/methods/splitlora.py, importable from the package root):
+the split rule, the threshold ablation's rule, the free basis and the initialisation of A,
+pinned on hand-made spectra and against brute force."""
 from __future__ import annotations
 
 import math
@@ -6,8 +8,9 @@ import math
 import pytest
 import torch
 
-from splitlora import free_basis, init_lora_A, interference, kaiming_uniform_A, spectrum, split_point
-from splitlora.subspace import free_basis_from_spectrum
+from splitlora import (free_basis, free_basis_from_spectrum, init_lora_A, interference,
+                       kaiming_uniform_A, spectrum, split_criterion, split_point,
+                       threshold_split_point)
 
 # Spectrum of d = 7 with shares p = .40 .25 .15 .10 .05 .03 .02, so c = .40 .65 .80 .90 .95 .98 1.
 # Criterion n (1 - c_i) - alpha (7 - i) / 7, e.g. for alpha = 2:
@@ -28,7 +31,6 @@ def test_split_point_hand_made_spectrum(num_tasks, expected):
 @pytest.mark.parametrize("alpha, n, i_star", [(1.5, 1, 1), (2.0, 1, 0), (3.0, 2, 1), (4.0, 2, 0)])
 def test_split_point_keeps_at_least_two(alpha, n, i_star):
     # i* = 0 and i* = 1 both give max(i*, 1) + 1 = 2 frozen directions
-    from splitlora.subspace import split_criterion
     assert int(torch.argmin(split_criterion(SPEC, n, alpha))) == i_star
     assert split_point(SPEC, n, alpha) == 2
 
@@ -127,7 +129,7 @@ def test_init_lora_A_rows_in_free_span_and_norm_rule(task):
     ref = kaiming_uniform_A(rank, 24, torch.Generator().manual_seed(1))
     expected = float(torch.linalg.matrix_norm(ref)) / (task + 1)
     assert float(torch.linalg.matrix_norm(a)) == pytest.approx(expected, rel=1e-5)
-    # method.a_norm: constant -- the same draw without the 1 / (t + 1) factor
+    # method.<name>.a_norm: constant -- the same draw without the 1 / (t + 1) factor
     flat = init_lora_A(basis, rank, task, torch.Generator().manual_seed(1), decay=False)
     assert torch.allclose(flat, a * (task + 1), rtol=1e-5, atol=1e-7)
 
@@ -151,12 +153,26 @@ def test_free_basis_from_spectrum_slices():
 @pytest.mark.parametrize("threshold, expected", [(0.3, 1), (0.5, 2), (0.65, 2), (0.9, 4), (0.95, 5),
                                                  (0.97, 6), (0.99, 7), (1.0, 7)])
 def test_threshold_rule_picks_fewest_directions_holding_the_share(threshold, expected):
-    from splitlora import threshold_split_point
     # c = .40 .65 .80 .90 .95 .98 1.00: the smallest k with c_{k-1} >= threshold
     assert threshold_split_point(SPEC, threshold) == expected
     assert threshold_split_point(SPEC * 7.0, threshold) == expected
 
 
 def test_threshold_rule_on_zero_spectrum_freezes_nothing():
-    from splitlora import threshold_split_point
     assert threshold_split_point(torch.zeros(6), 0.95) == 0
+
+
+def test_the_package_root_exports_the_mathematics_of_the_method_module():
+    import splitlora
+    from splitlora.methods import splitlora as method
+    for name in splitlora.__all__:
+        assert getattr(splitlora, name) is getattr(method, name), name
+    from models import kaiming_uniform_A as from_models
+    assert kaiming_uniform_A is from_models
+    with pytest.raises(AttributeError):
+        splitlora.subspace  # noqa: B018 - the old module is gone, not silently aliased
+
+
+def test_usable_frozen_keeps_one_direction_free():
+    from splitlora.methods.splitlora import usable_frozen
+    assert [usable_frozen(k, 5) for k in (0, 3, 4, 5, 9)] == [0, 3, 4, 4, 4]

@@ -1,10 +1,9 @@
-"""Benchmarks: data checks, class order and labels, transforms, and main.py end to end on the
-output of each dataset tool (fabricated raw data in the real formats, tiny model)."""
+"""Benchmarks (datasets/benchmarks.py, tasks.py): data checks naming the problem and the tool
+that prepares the data, class order and labels, the protocol's transforms, and main.py end to
+end on the output of each dataset tool (fabricated raw data in the real formats, tiny model)."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,9 @@ import torch
 from torchvision.transforms import InterpolationMode
 
 from datasets import BENCHMARKS, DataError, build_benchmark, class_order, split_tasks
-from splitlora.config import ConfigError, from_dict
-from tests.conftest import REPO, main_inprocess, tiny_overrides
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tools_fixtures as tf  # noqa: E402
+from splitlora.run.errors import ConfigError
+from tests import tools_fixtures as tf
+from tests.helpers import REPO, main_inprocess, make_config, sets, tiny_overrides
 
 
 def _folder_root(root: Path, classes: list[str], per_split: int = 2, val_classes=None) -> Path:
@@ -30,7 +27,7 @@ def _folder_root(root: Path, classes: list[str], per_split: int = 2, val_classes
 
 
 def _dataset_cfg(**kw):
-    return from_dict({"dataset": kw}).dataset
+    return make_config({"dataset": kw}).dataset
 
 
 def test_class_order_is_numpy_pcg64_permutation_and_labels_follow_tasks():
@@ -141,10 +138,6 @@ def test_bad_data_root_names_the_problem_and_the_tool(tmp_path, case, words):
         assert w in str(err.value)
 
 
-def _sets(items):
-    return [x for item in items for x in ("--set", item)]
-
-
 def _fabricate_domainnet(root: Path) -> tuple[Path, Path, Path]:
     train, val = [], []
     for label in range(200):
@@ -179,7 +172,7 @@ def test_main_trains_on_each_tools_output(tmp_path, bench_name, config):
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "run"
     proc = main_inprocess(["--config", str(REPO / "configs" / config), "--output", str(out),
-                           *_sets(tiny_overrides(epochs=1) + [f"dataset.root={dst}"])], tmp_path)
+                           *sets(tiny_overrides(epochs=1) + [f"dataset.root={dst}"])], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     expected_tasks = int(config.split("_")[-1].split(".")[0])

@@ -1,11 +1,14 @@
-"""Covariance collection through forward pre-hooks equals a direct computation."""
+"""The feature covariance (splitlora/covariance.py): collection through forward pre-hooks
+equals a direct computation, accumulates over tasks, leaves no hook behind; one second moment
+per block serves k and v."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models import ContinualViT
-from splitlora.covariance import CovarianceAccumulator, collect_covariance
-from tests.conftest import tiny_vit
+from splitlora.covariance import CovarianceAccumulator, collect_covariance, covariance_pass
+from tests.helpers import make_learner, make_task, tiny_vit
 
 
 def _norm1_outputs(model: ContinualViT, x: torch.Tensor) -> list[torch.Tensor]:
@@ -58,27 +61,34 @@ def test_k_and_v_are_split_by_one_covariance_of_their_shared_input():
     """The learner keeps one second moment per block (k and v read the same qkv input), equal
     to the direct computation, and draws both slices' A inside that block's free subspace."""
     from torch.utils.data import DataLoader, TensorDataset
-
-    from splitlora.config import from_dict
-    from splitlora.learner import build_learner
-    cfg = from_dict({"lora": {"rank": 2, "targets": ["k", "v"]}, "device": "cpu",
-                     "split": {"alpha": 1.0, "cov_dtype": "float64"}})
-    model = ContinualViT(tiny_vit(), rank=2, targets=("k", "v"))
-    learner = build_learner(cfg, model, torch.device("cpu"))
-    learner.before_task(0, 3)
+    model, learner = make_learner("splitlora", alpha=1.0, cov_dtype="float64")
+    assert model.adapters[0].targets == ("k", "v")
     x = torch.randn(6, 3, 16, 16)
-    learner.after_task(0, lambda: DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=4),
-                       progress=False)
+    task = make_task(0, lambda: DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=4))
+    learner.before_task(task)
+    learner.after_task(task)  # B = 0 (no training): the model is unchanged
     assert learner.cov.num_layers == len(model.blocks) == 2
-    for layer, feats in enumerate(_norm1_outputs(model, x)):  # B = 0: the model is unchanged
+    for layer, feats in enumerate(_norm1_outputs(model, x)):
         tokens = feats.reshape(-1, 32).double()
         assert torch.allclose(learner.cov.covariance(layer), tokens.T @ tokens / tokens.shape[0],
                               atol=1e-6)
-    learner.before_task(1, 3)
+    learner.before_task(make_task(1, lambda: []))
     for adapter, basis in zip(model.adapters, learner.bases):
         proj = (basis @ basis.T).float()
         for a in adapter.lora_A:  # the k slice and the v slice
             assert torch.allclose(a @ proj, a, atol=1e-6)
+
+
+def test_covariance_pass_counts_images_and_leaves_no_hook():
+    model = ContinualViT(tiny_vit(), rank=2)
+    acc = CovarianceAccumulator(2, 32, torch.float64)
+    batches = [(torch.randn(3, 3, 16, 16), torch.zeros(3)), (torch.randn(2, 3, 16, 16), torch.zeros(2))]
+    assert covariance_pass(model, model.adapters, batches, acc, torch.device("cpu")) == 5
+    assert acc.counts.tolist() == [5 * 17, 5 * 17]
+    assert all(len(a._forward_pre_hooks) == 0 for a in model.adapters)
+    with pytest.raises(ValueError, match="3 modules but the accumulator has 2 layers"):
+        with collect_covariance(list(model.adapters) + [model.adapters[0]], acc):
+            pass
 
 
 def test_state_roundtrip_and_empty_covariance():
@@ -88,3 +98,9 @@ def test_state_roundtrip_and_empty_covariance():
     other = CovarianceAccumulator(1, 4)
     other.load_state_dict(acc.state_dict())
     assert torch.equal(other.sums, acc.sums) and torch.equal(other.counts, acc.counts)
+    with pytest.raises(ValueError, match="shape"):
+        CovarianceAccumulator(2, 4).load_state_dict(acc.state_dict())
+    total = CovarianceAccumulator(1, 4)
+    total.add_(acc)
+    total.add_(acc)
+    assert torch.equal(total.counts, 2 * acc.counts) and torch.allclose(total.sums, 2 * acc.sums)
