@@ -273,6 +273,18 @@ def assert_one_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     return errors[0]
 
 
+def plot_inprocess(args: list) -> subprocess.CompletedProcess:
+    """tools/plot_results.py's main() in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("plot_tool", REPO / "tools" / "plot_results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = module.main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def reproduce_inprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """reproduce.py's main() in this process."""
     import reproduce as reproduce_module

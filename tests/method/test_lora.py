@@ -174,3 +174,14 @@ def test_set_adapter_refuses_a_wrong_shape_and_merge_without_adapter_is_a_no_op(
     w = wrap.base_layer.weight.detach().clone()
     wrap.merge()
     assert torch.equal(wrap.base_layer.weight, w) and not wrap.active
+
+
+def test_rank_not_below_the_layer_width_warns(caplog):
+    import logging
+    with caplog.at_level(logging.WARNING):
+        ContinualViT(tiny_vit(), rank=31)  # qkv: 32 -> 3 x 32
+    assert not [r for r in caplog.records if "lora.rank" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        ContinualViT(tiny_vit(), rank=32)
+    warned = [r.getMessage() for r in caplog.records if "lora.rank" in r.getMessage()]
+    assert len(warned) == 1 and "lora.rank = 32 is not below the width 32" in warned[0]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from tests.fault_injection import injected
-from tests.helpers import (CONFIGS, assert_one_error, image_folder, main_inprocess, read_metrics,
+from tests.helpers import (CONFIGS, assert_one_error, image_folder, main_inprocess, plot_inprocess,
+                           read_metrics,
                            reproduce_inprocess, save_tiny_weights, sets, small_args, snapshot, tiny_args,
                            tiny_overrides, tree, unwritable_dir)
 
@@ -280,3 +281,13 @@ def test_reproduce_refuses_a_file_or_nothing_as_output(tmp_path, output, words):
     proc = reproduce_inprocess("--suite", "demo", "--output", output, cwd=tmp_path)
     assert proc.returncode == 2 and all(w in proc.stderr for w in words), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"]
+
+
+@pytest.mark.parametrize("out, words", [("file.txt", ["--out", "file.txt is a file"]),
+                                        ("file.txt/figs", ["--out", "lies under"])])
+def test_the_plot_tool_refuses_an_output_it_cannot_write(tmp_path, out, words):
+    (tmp_path / "file.txt").write_text("a file\n")
+    before = tree(tmp_path)
+    proc = plot_inprocess([tmp_path / "run", "--out", tmp_path / out])
+    assert_one_error(proc, *words)
+    assert tree(tmp_path) == before
