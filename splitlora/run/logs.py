@@ -117,7 +117,7 @@ class RunLogger:
         if self.cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             # purge_step hides what a killed session logged after its last checkpoint
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step or None)
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1)
         if self.cfg.log.wandb != "off":
             import hashlib
 
