@@ -27,9 +27,13 @@ class BadImageError(DataError):
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
-    """The class folders of a split: sub-directories, hidden ones (``.name``) excluded."""
-    return sorted(e.name for e in os.scandir(split_dir)
-                  if e.is_dir() and not e.name.startswith("."))
+    """The class folders of a split (sub-directories, hidden ones excluded) in class-id order:
+    by number when every name is an integer (``0`` ... ``99``, as the official code reads
+    CIFAR-100: ``int(folder)``, ids sorted), else by name (wnids, zero-padded numbers)."""
+    names = [e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
+    if names and all(n.isascii() and n.isdigit() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
 
 
 def list_images(class_dir: Path) -> list[str]:

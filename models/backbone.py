@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,11 +65,16 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'.
     """
     path = Path(path)
-    if path.is_dir():
-        raise WeightsError(f"model.pretrained_file {path} is a directory; give the weights file "
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)") from None
+    if not stat.S_ISREG(mode):
+        kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
+        raise WeightsError(f"model.pretrained_file {path} is {kind}; give the weights file "
                            "(.safetensors or a torch state dict)")
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -96,7 +96,7 @@ def build_model(cfg: Config, device: torch.device) -> ContinualViT:
                                    pretrained_file=str(path) if path else None, img_size=m.img_size,
                                    fused_attn=m.fused_attn, kwargs=m.kwargs)
     except WeightsError as exc:
-        if not cfg.demo_pretrain.enabled:
+        if not (cfg.demo_pretrain.enabled and path is not None and path.is_file()):
             raise
         raise WeightsError(f"{exc} (it is the demo's pretrained backbone: delete {path} to "
                            "pretrain it again)") from None
