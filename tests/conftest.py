@@ -19,9 +19,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-_CACHE = tempfile.mkdtemp(prefix="splitlora-test-cache-")
+# one folder per session, even when this file is imported a second time (as tests.conftest,
+# by the test files not yet moved)
+_OWNER = f"{os.getpid()}:"
+if os.environ.get("_SPLITLORA_TEST_CACHE", "").startswith(_OWNER):
+    _CACHE = os.environ["_SPLITLORA_TEST_CACHE"][len(_OWNER):]
+else:
+    _CACHE = tempfile.mkdtemp(prefix="splitlora-test-cache-")
+    os.environ["_SPLITLORA_TEST_CACHE"] = _OWNER + _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["SPLITLORA_CACHE"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402

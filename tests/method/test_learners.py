@@ -229,8 +229,9 @@ def test_linear_probe_trains_only_the_head():
     assert not torch.equal(model.heads.heads[0].weight, head["weight"])
 
 
-def test_only_joint_asks_for_a_single_task():
-    assert [n for n in method_names() if METHODS[n].single_task] == ["joint"]
+def test_joint_asks_for_a_single_task_and_the_continual_methods_do_not():
+    assert METHODS["joint"].single_task
+    assert not any(METHODS[n].single_task for n in ("splitlora", "seq_lora", "inflora"))
 
 
 # ------------------------------------------------------------------- heads

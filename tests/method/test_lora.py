@@ -42,7 +42,7 @@ def test_merged_equals_unmerged_after_training_steps(fused, device):
     torch.manual_seed(1)
     model = ContinualViT(tiny_vit(), rank=3).to(device)
     _set_fused(model.backbone, fused)
-    model.heads.add_head(5)
+    model.heads.add_head(5).to(device)
     for a in model.adapters:
         a.set_adapter(torch.randn_like(a.lora_A) * 0.2)
     params = [a.lora_B for a in model.adapters] + list(model.heads.parameters())

@@ -27,9 +27,10 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[*NEEDS_CUDA, pytest.mark.skipif(
     not TWO_GPUS, reason="needs 2 CUDA GPUs")])])
 def test_two_process_run_matches_single_process_covariance_and_split(tmp_path, device):
-    ddp = popen_main(sets(SETS + [f"device={device}"]) + ["--output", "ddp"], tmp_path,
-                     launcher=TORCHRUN)
-    single = main_inprocess(sets(SETS + [f"device={device}"]) + ["--output", "single"], tmp_path)
+    """On 2 GPUs: NCCL, fp32 matmuls (TF32 off) so that the sums compare as on the CPU."""
+    extra = [f"device={device}"] + (["train.tf32=false"] if device == "cuda" else [])
+    ddp = popen_main(sets(SETS + extra) + ["--output", "ddp"], tmp_path, launcher=TORCHRUN)
+    single = main_inprocess(sets(SETS + extra) + ["--output", "single"], tmp_path)
     ddp_out, ddp_err = ddp.communicate(timeout=HANG_GUARD_S)
     assert ddp.returncode == 0, ddp_err[-3000:]
     assert single.returncode == 0, single.stderr[-3000:]
