@@ -1,6 +1,8 @@
-"""main.py as a user runs it: the results files of a run, every registered method on a
-demo-sized run, the published suites' methods, a complete run left alone, the resolved
-config, the full-size protocol model on a CPU, and the same run on a GPU where there is one."""
+"""main.py as a user runs it (its entry point in this process; the real processes are in
+test_resilience.py, test_distributed.py and test_demo.py): the results files of a run, every
+registered method on a demo-sized run, the published suites' methods, a complete run left
+alone, the resolved config, the full-size protocol model on a CPU, and the same run on a GPU
+where there is one."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ from splitlora.methods import METHODS
 from splitlora.run.experiment import Experiment
 from splitlora.run.rundir import RunDir
 from tests.helpers import (DEMO, DEVICES, assert_one_error, main_inprocess, make_config,
-                           method_names, published_suites, read_metrics, run_main, sets,
+                           method_names, published_suites, read_metrics, sets,
                            snapshot, synthetic, tiny_overrides)
 
 SYNTH = synthetic(3, 6, 8, 5)
@@ -168,12 +170,3 @@ def test_a_run_on_the_device(tmp_path, device):
         assert env["gpu"] and env["peak_gpu_mem_gib"] > 0
     m = read_metrics(tmp_path / "run")
     assert m["complete"] and all(math.isfinite(v) for v in m["acc_per_task"])
-
-
-def test_the_real_process_reports_the_results(tmp_path):
-    """main.py as a process: exit 0, the report on stdout, nothing on stderr but the logs."""
-    proc = run_main(sets(tiny_overrides(epochs=1) + synthetic(2, 4, 8, 4)) + ["--output", "run"],
-                    cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "final accuracy" in proc.stdout and "results: run/metrics.json" in proc.stdout
-    assert "Traceback" not in proc.stderr and read_metrics(tmp_path / "run")["complete"]
