@@ -130,8 +130,10 @@ class FolderImageSet(ImageSet):
             except BadImageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+                # PIL names the open file object (its descriptor number): name the file
+                reason = str(exc).replace(repr(f), repr(str(path)))
                 raise BadImageError(f"cannot read image {path} ({self.split} split): "
-                                    f"{type(exc).__name__}: {exc}") from None
+                                    f"{type(exc).__name__}: {reason}") from None
 
 
 def _kind(mode: int) -> str:

@@ -24,6 +24,7 @@ def test_decoded_images_give_the_same_pixels_sizes_and_errors(tmp_path):
     with pytest.raises(BadImageError) as from_cache:
         cached.load(5)
     assert str(from_cache.value) == str(from_disk.value) and "f.jpg" in str(from_cache.value)
+    assert "BufferedReader" not in str(from_disk.value)  # the file named, not a descriptor
 
 
 def test_task_cache_holds_one_task_and_falls_back_when_too_large(tmp_path, monkeypatch):
