@@ -1,13 +1,7 @@
-"""LoRA on slices of a fused qkv projection, wrapping timm's ``attn.qkv`` Linear.
-
-The wrapper keeps the original Linear as ``base_layer`` (as peft's LoRA Linear does) and adds,
-for each target slice s in (q, k, v), the current task's update ``B_s A_s`` with scale 1:
-
-    qkv(x) = W x + [B_s A_s x on the rows of slice s]
-
-A is frozen unless a method trains it, B starts at zero. ``merge()`` folds ``B A`` into W for
-good (``W <- W + B A``, in float32), so finished tasks cost nothing at forward time.
-"""
+"""LoRA on slices of a fused qkv projection, wrapping timm's ``attn.qkv`` Linear (kept as
+``base_layer``, as peft does): for each target slice s in (q, k, v) the current task adds
+``B_s A_s x`` (scale 1) to the rows of s. A is frozen unless a method trains it, B starts at
+zero; ``merge()`` folds ``W <- W + B A`` (float32) for good, so finished tasks cost nothing."""
 from __future__ import annotations
 
 import logging
@@ -25,12 +19,8 @@ log = logging.getLogger(__name__)
 
 def kaiming_uniform_A(rank: int, dim: int, generator: Optional[torch.Generator] = None,
                       dtype: torch.dtype = torch.float32) -> Tensor:
-    """PyTorch's default Linear init (Kaiming-uniform, a = sqrt(5)) for an (rank, dim) A:
-    gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / dim) = 1 / sqrt(dim).
-
-    Returns:
-        (rank, dim) tensor.
-    """
+    """(rank, dim) A drawn as PyTorch's default Linear init (Kaiming-uniform, a = sqrt(5)):
+    U(-b, b) with b = sqrt(2 / (1 + 5)) * sqrt(3 / dim) = 1 / sqrt(dim)."""
     bound = 1.0 / math.sqrt(dim)
     return torch.empty(rank, dim, dtype=dtype).uniform_(-bound, bound, generator=generator)
 
@@ -69,8 +59,7 @@ class LoRAQKV(nn.Module):
         return dw
 
     def _stacked_B(self) -> Tensor:
-        """(3w, n r): each target's B at its slice rows and its rank columns, so that one
-        matmul ``z @ stacked_B^T`` and one add update every target slice at once."""
+        """(3w, n r): each target's B at its slice rows and rank columns (one matmul for all)."""
         n, w, r = self.lora_B.shape
         blocks = []
         for s in SLICES:
@@ -109,9 +98,6 @@ class LoRAQKV(nn.Module):
             self.lora_B.zero_()
         self.active = False
 
-    def extra_repr(self) -> str:
-        return f"targets={self.targets}, rank={self.rank}, active={self.active}"
-
 
 def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[LoRAQKV]:
     """Replace ``block.attn.qkv`` of every block of a timm ViT by :class:`LoRAQKV`; returns the
@@ -130,8 +116,8 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
     width = min(wrappers[0].in_features, wrappers[0].width) if wrappers else 0
     if wrappers and rank >= width:
         log.warning("lora.rank = %d is not below the width %d of the qkv layers: the adapters are "
-                    "not low-rank (B A can be any matrix of that size); use a rank below %d "
-                    "(the protocol: 10 for a 768-wide ViT-B)", rank, width, width)
+                    "not low-rank; use a rank below %d (the protocol: 10 for a 768-wide ViT-B)",
+                    rank, width, width)
     return wrappers
 
 

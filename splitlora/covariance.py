@@ -1,14 +1,12 @@
 """The feature covariance of the adapted layers (SplitLoRA, step 1).
 
-After each task one no-grad pass over the task's training data accumulates, for every block,
-the uncentred second moment of the input of ``attn.qkv`` (k and v read the same input, so one
-accumulator serves both), over every token:
+After each task a no-grad pass over its training data accumulates, for every block, the
+uncentred second moment of the input of ``attn.qkv`` (k and v share it) over every token:
 
     S_l += X^T X,   n_l += #tokens,   C_l = S_l / n_l        (X: (tokens, d))
 
-The sums and counts are never reset, so after task t, C_l covers tasks 0..t, each weighted by
-its token count. Collection uses forward pre-hooks that exist only inside
-:func:`collect_covariance`.
+never reset, so after task t, C_l covers tasks 0..t weighted by token count. The inputs are
+caught by forward pre-hooks that exist only inside :func:`collect_covariance`.
 """
 from __future__ import annotations
 
@@ -32,13 +30,8 @@ class CovarianceAccumulator:
         self.sums = torch.zeros(num_layers, dim, dim, dtype=dtype, device=device)
         self.counts = torch.zeros(num_layers, dtype=torch.float64, device=device)
 
-    @property
-    def num_layers(self) -> int:
-        return self.sums.shape[0]
-
-    @property
-    def dim(self) -> int:
-        return self.sums.shape[1]
+    num_layers = property(lambda self: self.sums.shape[0])
+    dim = property(lambda self: self.sums.shape[1])
 
     @torch.no_grad()
     def update(self, layer: int, x: Tensor) -> None:
@@ -53,7 +46,7 @@ class CovarianceAccumulator:
         return self.sums[layer] / count if count else torch.zeros_like(self.sums[layer])
 
     def add_(self, other: "CovarianceAccumulator") -> None:
-        """Add another accumulator's sums and counts (one task's pass) to this one."""
+        """Add another accumulator (one task's pass) to this one."""
         self.sums += other.sums
         self.counts += other.counts
 

@@ -184,8 +184,12 @@ class Learner:
     def after_task(self, task: Task) -> None:
         """Merge the task's adapters into the frozen weights."""
         self.model.merge_adapters()
-        self.split_dims.append(None)
-        self.interference.append(None)
+        self.record(None, None)
+
+    def record(self, frozen_dims: Optional[list[int]], interference: Optional[list[float]]) -> None:
+        """The task's split, per block (None where nothing is split): metrics.json reports it."""
+        self.split_dims.append(frozen_dims)
+        self.interference.append(interference)
 
     def evaluate(self, batches: Iterable, desc: str = "eval") -> tuple[int, int]:
         return engine.evaluate(self.model, batches, self.device, self.amp_dtype, desc,

@@ -289,10 +289,8 @@ class InfLoRA(Learner):
 
     def after_task(self, task: Task) -> None:
         self.model.merge_adapters()
-        self.interference.append(None)
         if task.last:  # no task follows: the basis would never be used
-            self.split_dims.append(None)
-            return
+            return self.record(None, None)
         covs = self._task_covariance(task, f"task {task.index} input (DualGPM)")
         threshold = threshold_schedule(task.index, self.num_tasks, self.params.lamb,
                                        self.params.lame)
@@ -304,7 +302,7 @@ class InfLoRA(Learner):
             self.bases[layer] = basis.to(torch.float32).contiguous()
             self.kinds[layer] = kind
         dims = [old_dims(b, k) for b, k in zip(self.bases, self.kinds)]
-        self.split_dims.append(dims)
+        self.record(dims, None)
         log.info("task %d DualGPM (threshold %.4f): old-task dims per block %s of %d (%s)",
                  task.index, threshold, dims, self.bases[0].shape[0],
                  ", ".join(k[:3] for k in self.kinds))

@@ -1,21 +1,20 @@
 """SplitLoRA: continual learning by splitting the gradient space of LoRA adapters.
 
-The method, in the order of the paper (docs/protocol.md gives the official code's lines):
+In the order of the paper (docs/protocol.md cites the official code for each step); d = input
+width of the adapted layer, r = LoRA rank, n = tasks learned so far:
 
-1. **Covariance.** After task t, a pass over its training data adds the inputs of every
-   block's ``attn.qkv`` to a running second moment ``C`` that is never reset
-   (:mod:`splitlora.covariance`), so C covers tasks 0..t.
-2. **Split.** With ``C = U diag(s) U^T`` (s descending), the leading ``k`` directions are the
-   old tasks' (frozen) subspace, chosen by :func:`split_point`; the rest is free.
-3. **Free basis.** ``U_free`` = columns k..d-1 of U (:func:`free_basis`).
-4. **A initialisation.** Task t+1's A is drawn inside span(U_free) (:func:`init_lora_A`), so
-   ``B A x ~ 0`` for the old tasks' inputs x whatever B learns.
-5. **Training and merge.** Only B and the task's head train (A frozen); after the task
-   ``W <- W + B A`` (:meth:`models.lora.LoRAQKV.merge`), and step 1 runs again.
+1. **Covariance.** After task t a pass over its training data adds the inputs of every block's
+   ``attn.qkv`` to a second moment C that is never reset (:mod:`splitlora.covariance`).
+2. **Split.** With ``C = U diag(s) U^T`` (s descending), the leading :func:`split_point`
+   directions are the old tasks' (frozen) subspace; the rest is free.
+3. **Free basis.** ``U_free`` = the remaining columns of U (:func:`free_basis`).
+4. **A.** Task t+1's A is drawn inside span(U_free) (:func:`init_lora_A`), so ``B A x ~ 0``
+   for the old tasks' inputs x whatever B learns.
+5. **Training and merge.** B and the task's head train, A is frozen (``Learner.trainable``);
+   after the task ``W <- W + B A`` (``LoRAQKV.merge``) and step 1 runs again.
 
-Ablations (the paper's): ``threshold`` freezes a fixed share of the spectrum instead of
-step 2's rule; ``random_a`` draws A in the whole space. Notation: d = input dimension of the
-adapted layer, r = LoRA rank, n = tasks learned so far.
+The paper's ablations: ``threshold`` freezes a fixed share of the spectrum instead of step 2's
+rule; ``random_a`` draws A in the whole space.
 """
 from __future__ import annotations
 
@@ -38,14 +37,8 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------- 2. the split
 def spectrum(cov: Tensor) -> tuple[Tensor, Tensor]:
-    """Eigen-decomposition of a symmetric PSD matrix, sorted descending.
-
-    Args:
-        cov: (d, d) feature second moment.
-    Returns:
-        eigvals (d,) descending, clamped at 0 (the singular values of a PSD matrix), and
-        eigvecs (d, d), column i belonging to eigvals[i]; float64.
-    """
+    """(d, d) symmetric PSD -> eigenvalues (d,) descending, clamped at 0 (= its singular
+    values), and eigenvectors (d, d), column i for eigenvalue i; float64."""
     c = cov.detach().to(torch.float64)
     c = 0.5 * (c + c.T)
     if not torch.isfinite(c).all():
@@ -55,51 +48,34 @@ def spectrum(cov: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def split_criterion(eigvals: Tensor, num_tasks: int, alpha: float) -> Tensor:
-    """``n (1 - c_i) - alpha (d - i) / d`` for i = 0..d-1, ``c_i`` the cumulative share of the
-    spectrum held by the leading i+1 directions: the old tasks' energy left free (weighted by
-    the n tasks it can hurt) against the room left to learn.
-
-    Args:
-        eigvals: (d,) sorted descending, non-negative.
-    Returns:
-        (d,) float64.
-    """
+    """(d,) float64: ``n (1 - c_i) - alpha (d - i) / d`` for i = 0..d-1, with ``c_i`` the share
+    of the spectrum held by the leading i+1 directions: the old tasks' energy left free
+    (weighted by the n tasks it can hurt) against the room left to learn."""
     s = eigvals.detach().to(torch.float64)
-    d = s.numel()
-    total = s.sum()
-    if total > 0 and torch.isfinite(total):
-        cum = torch.cumsum(s / total, dim=0)
-    else:  # an all-zero spectrum leaves no old-task energy anywhere: no interference term
-        cum = torch.ones_like(s)
-    i = torch.arange(d, dtype=torch.float64)
-    return num_tasks * (1.0 - cum) - alpha * (d - i) / d
+    d, total = s.numel(), s.sum()
+    # an all-zero spectrum leaves no old-task energy anywhere: no interference term
+    cum = torch.cumsum(s / total, 0) if total > 0 and torch.isfinite(total) else torch.ones_like(s)
+    return num_tasks * (1.0 - cum) - alpha * (d - torch.arange(d, dtype=torch.float64)) / d
 
 
 def split_point(eigvals: Tensor, num_tasks: int, alpha: float) -> int:
-    """Number of leading directions kept frozen, ``max(i*, 1) + 1`` with
-    ``i* = argmin_i  n (1 - c_i) - alpha (d - i) / d`` (the first minimiser): the rule and index
-    convention of the official code.
-
-    Args:
-        eigvals: (d,) eigenvalues of the old tasks' covariance, sorted descending.
-        num_tasks: n, the number of tasks learned so far (t + 1 after task t).
-        alpha: weight of the room-left term.
-    """
+    """Leading directions kept frozen: ``max(i*, 1) + 1`` with
+    ``i* = argmin_i  n (1 - c_i) - alpha (d - i) / d`` (the first minimiser), the rule and index
+    convention of the official code. ``eigvals``: (d,) descending; n = ``num_tasks`` (t + 1
+    after task t)."""
     if eigvals.ndim != 1 or eigvals.numel() < 1:
         raise ValueError(f"eigvals must be a non-empty 1-D tensor, got shape {tuple(eigvals.shape)}")
-    i_star = int(torch.argmin(split_criterion(eigvals, num_tasks, alpha)).item())
-    return max(i_star, 1) + 1
+    return max(int(torch.argmin(split_criterion(eigvals, num_tasks, alpha))), 1) + 1
 
 
 def threshold_split_point(eigvals: Tensor, threshold: float) -> int:
     """The ablation's rule (GPM / InfLoRA style): the fewest leading directions holding a share
-    ``threshold`` of the spectrum, the smallest k with c_{k-1} >= threshold; 0 for an all-zero
-    spectrum."""
+    ``threshold`` of the spectrum (smallest k with c_{k-1} >= threshold); 0 for a zero one."""
     s = eigvals.detach().to(torch.float64)
     total = s.sum()
     if not (total > 0 and torch.isfinite(total)):
         return 0
-    reached = torch.nonzero(torch.cumsum(s / total, dim=0) >= threshold - 1e-9)
+    reached = torch.nonzero(torch.cumsum(s / total, 0) >= threshold - 1e-9)
     return int(reached[0]) + 1 if reached.numel() else s.numel()
 
 
@@ -107,39 +83,25 @@ def interference(eigvals: Tensor, frozen: int) -> float:
     """Share of the old tasks' spectrum left in the free subspace: ``1 - c_{frozen-1}``."""
     s = eigvals.detach().to(torch.float64)
     total = float(s.sum())
-    if total <= 0 or not math.isfinite(total):
-        return 0.0
-    return max(0.0, 1.0 - float(s[:frozen].sum()) / total)
+    return max(0.0, 1.0 - float(s[:frozen].sum()) / total) if total > 0 and math.isfinite(total) \
+        else 0.0
 
 
 # ------------------------------------------------------------------- 3. the free basis
-def free_basis_from_spectrum(eigvecs: Tensor, frozen: int) -> Tensor:
-    """Columns ``frozen..d-1`` of the eigenvectors; at least the last one (a rule that freezes
-    every direction leaves the least-energy one free: the official code would divide by a zero
-    norm there; :func:`usable_frozen` says how many are frozen then).
-
-    Args:
-        eigvecs: (d, d), columns sorted by descending eigenvalue.
-    Returns:
-        (d, m) orthonormal, m = d - usable_frozen(frozen, d).
-    """
-    return eigvecs[:, usable_frozen(frozen, eigvecs.shape[1]):]
-
-
 def usable_frozen(frozen: int, dim: int) -> int:
-    """The frozen count actually used: at most d - 1, so one direction stays free."""
+    """The frozen count used: at most d - 1, so that one direction stays free (a rule that
+    freezes all would leave A no room; the official code would divide by a zero norm)."""
     return min(frozen, dim - 1)
 
 
-def free_basis(cov: Tensor, num_tasks: int, alpha: float) -> Tensor:
-    """Orthonormal basis of the free subspace of a covariance: steps 2 and 3 in one call.
+def free_basis_from_spectrum(eigvecs: Tensor, frozen: int) -> Tensor:
+    """(d, d) eigenvectors, descending -> (d, m) orthonormal basis of the free subspace: the
+    columns after the ``usable_frozen`` leading ones."""
+    return eigvecs[:, usable_frozen(frozen, eigvecs.shape[1]):]
 
-    Args:
-        cov: (d, d) accumulated feature second moment of the old tasks.
-        num_tasks: tasks learned so far (t + 1).
-    Returns:
-        (d, m) float64, the eigenvectors after the leading ``split_point`` ones.
-    """
+
+def free_basis(cov: Tensor, num_tasks: int, alpha: float) -> Tensor:
+    """Steps 2-3 in one call: (d, d) old tasks' covariance -> (d, m) free basis, float64."""
     vals, vecs = spectrum(cov)
     return free_basis_from_spectrum(vecs, split_point(vals, num_tasks, alpha))
 
@@ -147,25 +109,18 @@ def free_basis(cov: Tensor, num_tasks: int, alpha: float) -> Tensor:
 # ------------------------------------------------------------------- 4. initialising A
 def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
                 generator: Optional[torch.Generator] = None, decay: bool = True) -> Tensor:
-    """A for task ``task_index`` >= 1, every row in the span of ``free_basis``.
+    """(r, d) float32 A for task t = ``task_index`` >= 1, every row in span(``free_basis``):
 
-    A_ref Kaiming-uniform (only its Frobenius norm is used), G ~ N(0, 1) of shape (m, r),
-    ``M = U_free G``, ``A = (M / ||M||_F * ||A_ref||_F / (t + 1))^T``; without the
-    ``1 / (t + 1)`` factor when ``decay`` is False (the official code's earlier version).
-
-    Args:
-        free_basis: (d, m) orthonormal columns.
-        rank: r.
-        task_index: t, the 0-based index of the task about to be learned.
-    Returns:
-        (r, d) float32 with Frobenius norm ||A_ref||_F / (t + 1) (or ||A_ref||_F).
+    ``A_ref`` Kaiming-uniform (only its Frobenius norm is used), ``G ~ N(0, 1)`` of shape
+    (m, r), ``M = U_free G``, ``A = (M / ||M||_F * ||A_ref||_F / (t + 1))^T``; without the
+    ``1 / (t + 1)`` when ``decay`` is False (the official code's earlier version).
+    ``free_basis``: (d, m) orthonormal columns.
     """
     if free_basis.ndim != 2 or free_basis.shape[1] < 1:
         raise ValueError(f"free_basis must be (d, m) with m >= 1, got {tuple(free_basis.shape)}")
     d, m = free_basis.shape
     ref_norm = torch.linalg.matrix_norm(kaiming_uniform_A(rank, d, generator), ord="fro")
-    g = torch.randn(m, rank, generator=generator, dtype=torch.float64)
-    mat = free_basis.to(torch.float64) @ g
+    mat = free_basis.to(torch.float64) @ torch.randn(m, rank, generator=generator, dtype=torch.float64)
     norm = torch.linalg.matrix_norm(mat, ord="fro")
     if norm <= 0 or not torch.isfinite(norm):
         raise FloatingPointError("degenerate random draw for LoRA A (zero norm)")
@@ -173,7 +128,7 @@ def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
     return (mat / norm * scale).T.to(torch.float32).contiguous()
 
 
-# ------------------------------------------------------------------- 5. the learners
+# ------------------------------------------------------------------- the learners
 @dataclass
 class SubspaceParams(MethodParams):
     """What every free-subspace method shares: the covariance pass and A."""
@@ -181,7 +136,6 @@ class SubspaceParams(MethodParams):
     CHOICES: ClassVar[dict[str, tuple]] = {"cov_pass": ("faithful", "plain"),
                                            "cov_dtype": ("float32", "float64"),
                                            "a_norm": ("decay", "constant")}
-
     # faithful: the training loader (train transforms, x expand_times), as the official code;
     # plain: the eval transform, one copy of each image (a tenth of the reads)
     cov_pass: str = "faithful"
@@ -193,26 +147,23 @@ class SubspaceParams(MethodParams):
 
 
 class SubspaceLoRA(Learner):
-    """A of task t >= 1 drawn inside the free subspace of the old tasks' features; a subclass
-    says how many leading directions are frozen (``frozen_dims``).
-
-    What trains: B and the task's head (``Learner.trainable``). With ``train_a`` A trains
-    too: its gradient is projected onto the free subspace and, because Adam's per-coordinate
-    scaling does not preserve a subspace, A is projected again after every step.
-    """
+    """A of task t >= 1 inside the free subspace of the old tasks' features; a subclass says how
+    many leading directions are frozen (``frozen_dims``). With ``train_a`` A trains too: its
+    gradient is projected onto the free subspace, and A again after every step (Adam's
+    per-coordinate scaling does not preserve a subspace)."""
 
     Params = SubspaceParams
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         adapters = self.model.adapters
-        dtype = getattr(torch, self.params.cov_dtype)
-        self.cov = CovarianceAccumulator(len(adapters), adapters[0].in_features, dtype, self.device)
+        self.cov = CovarianceAccumulator(len(adapters), adapters[0].in_features,
+                                         getattr(torch, self.params.cov_dtype), self.device)
         self.bases: list[Optional[Tensor]] = [None] * len(adapters)
         self._projectors: list[Optional[Tensor]] = []
 
     def frozen_dims(self, eigvals: Tensor, task: int) -> int:
-        """Leading directions of the spectrum (after task ``task``) kept for the old tasks."""
+        """Leading directions of the spectrum after task ``task`` kept for the old tasks."""
         raise NotImplementedError
 
     def init_A(self, task: int, layer: int, dim: int, generator: torch.Generator) -> Tensor:
@@ -249,9 +200,7 @@ class SubspaceLoRA(Learner):
         """Merge, then steps 1-3 for the next task (nothing after the last one)."""
         self.model.merge_adapters()
         if task.last:
-            self.split_dims.append(None)
-            self.interference.append(None)
-            return
+            return self.record(None, None)
         this_task = CovarianceAccumulator(self.cov.num_layers, self.cov.dim, self.cov.sums.dtype,
                                           self.device)
         covariance_pass(self.model, self.model.adapters,
@@ -266,9 +215,8 @@ class SubspaceLoRA(Learner):
                 vals, vecs = spectrum(self.cov.covariance(layer))
             except FloatingPointError:
                 raise NumericalError(f"the feature covariance of block {layer} holds non-finite "
-                                     f"values after task {task.index}; the run stops (the "
-                                     "checkpoint of the previous task is kept). Check the data "
-                                     "and train.amp.") from None
+                                     f"values after task {task.index}; check the data and "
+                                     "train.amp") from None
             k = self.frozen_dims(vals, task.index)
             if usable_frozen(k, self.cov.dim) < k:
                 log.warning("block %d: the split froze all %d directions; the last one is kept "
@@ -277,8 +225,7 @@ class SubspaceLoRA(Learner):
             self.bases[layer] = free_basis_from_spectrum(vecs, k).to(torch.float32).cpu()
             dims.append(k)
             interf.append(interference(vals, k))
-        self.split_dims.append(dims)
-        self.interference.append(interf)
+        self.record(dims, interf)
         log.info("task %d split (%d tokens so far): frozen dims per block %s of %d", task.index,
                  int(self.cov.counts[0]), dims, self.cov.dim)
 

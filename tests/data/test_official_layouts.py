@@ -24,7 +24,7 @@ def _cifar_root(tmp_path, names):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("padded", [False, True], ids=["official-0-99", "padded-00-99"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded-0-99", "padded-00-99"])
 def test_cifar100_folders_give_the_official_class_order(tmp_path, seed, padded):
     names = [f"{i:02d}" if padded else str(i) for i in range(100)]
     root = _cifar_root(tmp_path, names)
