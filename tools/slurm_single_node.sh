@@ -26,7 +26,7 @@ case "$cmd" in
   start)
     if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
       [ "$(id -u)" = 0 ] || { echo "error: slurm-wlm and munge are not installed; run this as root to install them" >&2; exit 2; }
-      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+      apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >&2
     fi
     stop
     mkdir -p "$dir/munge" "$dir/state" "$dir/spool"
