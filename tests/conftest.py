@@ -46,12 +46,18 @@ from tests.helpers import DemoRuns  # noqa: E402
 _DEMO = None  # the demo's runs, started in the background when the session begins
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
 def pytest_collection_modifyitems(session, config, items):
-    """Tests that use the ``demo_runs`` fixture run last, and their runs start now."""
-    global _DEMO
+    """Tests that use the ``demo_runs`` fixture run last."""
     demo = [item for item in items if "demo_runs" in getattr(item, "fixturenames", ())]
     if demo:
         items[:] = [item for item in items if item not in demo] + demo
+
+
+def pytest_collection_finish(session):
+    """The demo's runs start now when a selected test needs them."""
+    global _DEMO
+    if any("demo_runs" in getattr(item, "fixturenames", ()) for item in session.items):
         workdir = tempfile.mkdtemp(prefix="splitlora-test-demo-")
         atexit.register(shutil.rmtree, workdir, ignore_errors=True)
         _DEMO = DemoRuns(Path(workdir)).start()
