@@ -139,13 +139,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     """Refuse bad flags, and ``--set`` of a key reproduce.py sets for each run (or of a section
     holding one), before anything is planned."""
-    for key in override_keys(args.overrides):
+    for text, key in zip(args.overrides, override_keys(args.overrides)):
         for controlled, instead in PER_RUN_KEYS.items():
             if key == controlled:
-                raise ConfigError(f"--set {key}: reproduce.py sets {key} for each run itself "
+                raise ConfigError(f"--set {text}: reproduce.py sets {key} for each run itself "
                                   f"({instead})")
             if controlled.startswith(key + "."):
-                raise ConfigError(f"--set {key}: the section {key!r} holds {controlled}, which "
+                raise ConfigError(f"--set {text}: the section {key!r} holds {controlled}, which "
                                   f"reproduce.py sets for each run itself ({instead}); set the "
                                   f"section's other keys one by one (--set {key}.KEY=VALUE)")
     if not args.output.strip():
@@ -270,15 +270,16 @@ def gpu_slots(spec: Optional[str], cpu_jobs: int, per_run: int, dry_run: bool) -
 
 
 def print_plan(plan: list[Run], slots: list[str]) -> None:
-    width = max(len(r.name) for r in plan)
     todo = [r for r in plan if r.status in ("missing", "stopped", "failed")]
+    width = max(len(r.setting) for r in plan), max(len(r.method) for r in plan)
     for run in plan:
         slot = slots[todo.index(run) % len(slots)] if run in todo else "-"
-        env = ("" if slot in ("cpu", "-") else
-               f"CUDA_VISIBLE_DEVICES={launch.cuda_visible(slot)} ")
-        device = slot if slot in ("cpu", "-") else f"cuda:{slot}"
-        print(f"{run.name:<{width}}  {device:<7} {run.status:<8} {run.out_dir}  "
-              f"{env}{shlex.join(run.command())}" + (f"  [{run.detail}]" if run.detail else ""))
+        env = "" if slot in ("cpu", "-", "slurm") else \
+            f"CUDA_VISIBLE_DEVICES={launch.cuda_visible(slot)} "
+        device = slot if slot in ("cpu", "-", "slurm") else f"cuda:{slot}"
+        print(f"{run.setting:<{width[0]}}  {run.method:<{width[1]}}  seed {run.seed}  {device:<7} "
+              f"{run.status:<8} {run.out_dir}  {env}{shlex.join(run.command())}"
+              + (f"  [{run.detail}]" if run.detail else ""))
 
 
 def summarize(plan: list[Run], args: argparse.Namespace, published: dict) -> str:

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from splitlora.config import load_config
-from splitlora.results import collect_rows, write_summary
-from tests.conftest import HANG_GUARD_S, REPO, tiny_overrides
+from splitlora.run.config import load_config
+from splitlora.run.results import collect_rows, write_summary
 from tests.fault_injection import subprocess_env
+from tests.helpers import HANG_GUARD_S, REPO, published_suites, reproduce_inprocess, tiny_overrides
 
-SETTINGS = ["imagenet_r_5", "imagenet_r_10", "imagenet_r_20", "cifar100_10", "domainnet_5"]
+SETTINGS = published_suites()["main"]["settings"]
+RAN = ["imagenet_r_5", "cifar100_10"]  # the settings the shared fixture runs (seeds 0 and 1)
 
 
 def _fabricate(root: Path, only: tuple[str, ...] = ("cifar100", "imagenet-r", "domainnet")) -> Path:
@@ -43,23 +44,6 @@ def reproduce(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
-def reproduce_inprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """reproduce.py's entry point in this process (torch is imported already): for plans."""
-    import contextlib
-    import io
-
-    import reproduce as reproduce_module
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = reproduce_module.main(list(args))
-    finally:
-        os.chdir(old)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 def _tiny_sets() -> list[str]:
     out = []
     for item in tiny_overrides(epochs=1):
@@ -72,13 +56,19 @@ def reproduced(tmp_path_factory):
     work = tmp_path_factory.mktemp("repro")
     data = _fabricate(work / "data")
     proc = reproduce("--data-root", "data", "--seeds", "0", "1", "--gpus", "cpu",  # relative paths
-                     "--cpu-jobs", "2", "--output", "results", *_tiny_sets(), cwd=work)
+                     "--only", *RAN, "--cpu-jobs", "2", "--output", "results", *_tiny_sets(),
+                     cwd=work)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return work, data, proc
 
 
 def test_summary_has_five_rows_with_paper_columns_and_aggregated_seeds(reproduced):
-    work, _, proc = reproduced
+    work, data, proc = reproduced
+    assert "| cifar100_10 |" in proc.stdout  # the table is printed at the end
+    # the table of the whole suite, written from what finished (two settings of five)
+    again = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "1", "--output",
+                                str(work / "results"), "--summarize", *_tiny_sets(), cwd=work)
+    assert again.returncode == 0, again.stderr
     rows = list(csv.DictReader((work / "results" / "summary.csv").open()))
     assert [r["setting"] for r in rows] == SETTINGS
     paper = {"imagenet_r_5": ("81.92", ""), "imagenet_r_10": ("81.0", ""),
@@ -86,6 +76,10 @@ def test_summary_has_five_rows_with_paper_columns_and_aggregated_seeds(reproduce
              "domainnet_5": ("84.31", "88.99")}
     for r in rows:
         assert (r["paper_final_acc"], r["paper_avg_inc_acc"]) == paper[r["setting"]]
+        if r["setting"] not in RAN:
+            assert r["num_runs"] == "0" and r["final_acc_mean"] == ""
+            assert f"missing  {r['setting']}/splitlora/seed1" in again.stdout
+            continue
         assert r["seeds"] == "0 1" and r["num_runs"] == "2"
         finals = [json.loads((work / "results" / "runs" / r["setting"] / f"seed{s}" /
                               "metrics.json").read_text())["final_acc"] for s in (0, 1)]
@@ -96,7 +90,6 @@ def test_summary_has_five_rows_with_paper_columns_and_aggregated_seeds(reproduce
     md = (work / "results" / "summary.md").read_text()
     assert md.count("\n| ") == 6  # header + five settings
     assert "| cifar100_10 | splitlora | 0 1 |" in md and "90.33" in md
-    assert "| cifar100_10 |" in proc.stdout  # the table is printed at the end
     env = json.loads((work / "results" / "runs" / "cifar100_10" / "seed0" / "env.json").read_text())
     for key in ("python", "torch", "timm", "torchvision", "cuda", "gpu", "git_commit",
                 "start_time", "end_time", "weights"):
@@ -112,12 +105,12 @@ def test_summary_has_five_rows_with_paper_columns_and_aggregated_seeds(reproduce
 
 def test_second_invocation_skips_finished_runs(reproduced):
     work, data, _ = reproduced
-    metrics = work / "results" / "runs" / "imagenet_r_20" / "seed1" / "metrics.json"
+    metrics = work / "results" / "runs" / "cifar100_10" / "seed1" / "metrics.json"
     before = metrics.stat().st_mtime_ns
-    proc = reproduce("--data-root", str(data), "--seeds", "0", "1", "--gpus", "cpu",
-                     "--output", str(work / "results"), *_tiny_sets(), cwd=work)
+    proc = reproduce("--data-root", str(data), "--seeds", "0", "1", "--gpus", "cpu", "--only",
+                     *RAN, "--output", str(work / "results"), *_tiny_sets(), cwd=work)
     assert proc.returncode == 0, proc.stderr
-    assert "10 already done, 0 to run" in proc.stdout
+    assert "4 runs: 4 already done, 0 to run" in proc.stdout
     assert "[start]" not in proc.stdout
     assert metrics.stat().st_mtime_ns == before
 
@@ -130,14 +123,14 @@ def test_dry_run_lists_the_plan_and_writes_nothing(reproduced, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert len(lines) == 10
-    assert all("pending" in ln and "main.py" in ln and " cpu " in ln for ln in lines)
+    assert all(" missing " in ln and "main.py" in ln and " cpu " in ln for ln in lines)
     assert not out.exists() and list(tmp_path.iterdir()) == []
     # against the finished results: seeds 0 done, seed 2 pending
     proc = reproduce_inprocess("--data-root", str(data), "--seeds", "0", "2", "--gpus", "cpu",
                                "--output", str(work / "results"), "--dry-run", "--only",
                                "cifar100_10", *_tiny_sets(), cwd=tmp_path)
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    assert len(lines) == 2 and " done " in lines[0] and " pending " in lines[1]
+    assert len(lines) == 2 and " done " in lines[0] and " missing " in lines[1]
 
 
 def test_missing_data_roots_are_all_reported_before_anything_starts(tmp_path):
@@ -165,12 +158,13 @@ def test_unknown_setting_is_refused(tmp_path):
 PROTOCOL = {
     "model.name": "vit_base_patch16_224.augreg2_in21k_ft_in1k", "model.img_size": 224,
     "model.pretrained": True, "lora.rank": 10, "lora.targets": ["k", "v"],
-    "method.name": "splitlora", "split.alpha": 20.0, "split.cov_pass": "faithful",
+    "method.name": "splitlora", "method.splitlora.alpha": 20.0,
+    "method.splitlora.cov_pass": "faithful", "method.splitlora.a_norm": "decay",
     "train.lr": 1e-3, "train.head_lr": 1e-2, "train.weight_decay": 5e-5, "train.epochs": 10,
     "train.milestones": [5, 8], "train.gamma": 0.1, "train.expand_times": 10,
     "train.batch_size": 256, "eval.batch_size": 100, "train.temperature": 30.0,
     "train.amp": "auto", "dataset.shuffle_classes": True, "seed": 0,
-    "model.head_init": "official", "dataset.eval_transform": "official", "method.a_norm": "decay",
+    "model.head_init": "official", "dataset.eval_transform": "official",
 }
 SETTING_DATA = {"imagenet_r_5": ("imagenet_r", 5), "imagenet_r_10": ("imagenet_r", 10),
                 "imagenet_r_20": ("imagenet_r", 20), "cifar100_10": ("cifar100", 10),
@@ -191,19 +185,21 @@ def test_configs_equal_the_protocol_key_for_key(setting):
 
 def test_ablation_suite_reuses_splitlora_runs_and_tabulates_the_paper_ablation(reproduced):
     work, _, _ = reproduced
-    proc = reproduce("--suite", "ablation", "--only", "imagenet_r_5", "--data-root", "data",
-                     "--seeds", "0", "--gpus", "cpu", "--cpu-jobs", "2", "--output", "results",
-                     *_tiny_sets(), cwd=work)
+    proc = reproduce("--suite", "ablation", "--only", "imagenet_r_5", "--methods", "splitlora",
+                     "threshold", "--data-root", "data", "--seeds", "0", "--gpus", "cpu",
+                     "--output", "results", *_tiny_sets(), cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "3 runs: 1 already done, 2 to run" in proc.stdout  # splitlora came from the main suite
+    assert "2 runs: 1 already done, 1 to run" in proc.stdout  # splitlora came from the main suite
+    m = json.loads((work / "results" / "runs" / "imagenet_r_5" / "threshold" / "seed0" /
+                    "metrics.json").read_text())
+    assert m["method"] == "threshold" and m["complete"] and m["split_dims"][0] is not None
+    table = reproduce_inprocess("--suite", "ablation", "--only", "imagenet_r_5", "--data-root",
+                                "data", "--seeds", "0", "--output", "results", "--summarize",
+                                *_tiny_sets(), cwd=work)
     rows = list(csv.DictReader((work / "results" / "ablation.csv").open()))
-    assert [(r["method"], r["paper_final_acc"]) for r in rows] == [
-        ("splitlora", "81.92"), ("threshold", "78.92"), ("random_a", "76.57")]
-    for method in ("threshold", "random_a"):
-        m = json.loads((work / "results" / "runs" / "imagenet_r_5" / method / "seed0" /
-                        "metrics.json").read_text())
-        assert m["method"] == method and m["complete"]
-        assert (m["split_dims"][0] is None) == (method == "random_a")
+    assert [(r["method"], r["paper_final_acc"], r["num_runs"]) for r in rows] == [
+        ("splitlora", "81.92", "1"), ("threshold", "78.92", "1"), ("random_a", "76.57", "0")]
+    assert "missing  imagenet_r_5/random_a/seed0" in table.stdout
     assert "Ablation" in (work / "results" / "ablation.md").read_text()
 
 
@@ -370,9 +366,9 @@ def test_compare_dry_run_plans_four_methods_on_every_setting_sharing_splitlora_r
     assert proc.returncode == 0, proc.stderr
     lines = [ln.split() for ln in proc.stdout.splitlines() if " seed " in ln]
     assert len(lines) == 5 * 4 * 2
+    compare = published_suites()["compare"]
     assert {(ln[0], ln[1], ln[3]) for ln in lines} == {
-        (s, m, seed) for s in SETTINGS for m in ("splitlora", "inflora", "seq_lora", "joint")
-        for seed in ("0", "1")}
+        (s, m, seed) for s in compare["settings"] for m in compare["methods"] for seed in ("0", "1")}
     out = tmp_path / "out" / "runs"
     for ln in lines:
         setting, method, seed, run_dir = ln[0], ln[1], ln[3], Path(ln[6])
@@ -383,22 +379,23 @@ def test_compare_dry_run_plans_four_methods_on_every_setting_sharing_splitlora_r
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_suite_includes_inflora_and_joint(tmp_path):
+def test_demo_suite_plans_every_method_of_its_config(tmp_path):
     proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--output", "out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     methods = [ln.split()[1] for ln in proc.stdout.splitlines() if " seed " in ln]
-    assert methods == ["splitlora", "threshold", "random_a", "seq_lora", "inflora", "joint"]
+    assert methods == published_suites()["demo"]["methods"]
+    assert {"inflora", "joint", "seq_lora"} <= set(methods)
 
 
 def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(reproduced):
     work, _, _ = reproduced
-    proc = reproduce("--suite", "compare", "--only", "imagenet_r_5", "--data-root", "data",
-                     "--seeds", "0", "--gpus", "cpu", "--cpu-jobs", "2", "--output", "results",
-                     *_tiny_sets(), cwd=work)
+    proc = reproduce("--suite", "compare", "--only", "imagenet_r_5", "--methods", "splitlora",
+                     "inflora", "joint", "--data-root", "data", "--seeds", "0", "--gpus", "cpu",
+                     "--cpu-jobs", "2", "--output", "results", *_tiny_sets(), cwd=work)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 runs: 1 already done, 3 to run" in proc.stdout  # splitlora came from the main suite
+    assert "3 runs: 1 already done, 2 to run" in proc.stdout  # splitlora came from the main suite
     rows = {r["method"]: r for r in csv.DictReader((work / "results" / "compare.csv").open())}
-    assert list(rows) == ["splitlora", "inflora", "seq_lora", "joint"]
+    assert list(rows) == ["splitlora", "inflora", "joint"]
     for method, r in rows.items():
         run = (work / "results" / "runs" / "imagenet_r_5"
                / ("" if method == "splitlora" else method) / "seed0")
@@ -413,6 +410,12 @@ def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(re
     joint = next(ln for ln in md.splitlines() if ln.startswith("| imagenet_r_5 | joint |"))
     assert joint.split(" | ")[5] == "–"  # joint training has no forgetting
     assert "±" not in md.split("\n| ", 1)[1]
+
+
+def test_unknown_methods_of_a_suite_are_refused(tmp_path):
+    proc = reproduce_inprocess("--suite", "ablation", "--methods", "inflora", "--dry-run",
+                               cwd=tmp_path)
+    assert proc.returncode == 2 and "inflora" in proc.stderr and "threshold" in proc.stderr
 
 
 # ------------------------------------------------------------------ keys reproduce.py sets per run
@@ -440,11 +443,11 @@ def test_set_of_a_key_reproduce_sets_per_run_is_refused(tmp_path, override, key,
 
 def test_other_keys_of_the_per_run_sections_may_be_set(tmp_path):
     proc = reproduce_inprocess("--suite", "demo", "--dry-run", "--gpus", "cpu", "--set",
-                               "method.threshold=0.9", "--set", "dataset.shuffle_classes=false",
+                               "method.threshold.energy=0.9", "--set", "dataset.shuffle_classes=false",
                                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if " seed " in ln]
-    assert len(lines) == 6 and all("method.threshold=0.9" in ln for ln in lines)
+    assert len(lines) == 6 and all("method.threshold.energy=0.9" in ln for ln in lines)
 
 
 def test_a_row_never_averages_two_runs_of_one_seed(tmp_path):
@@ -518,3 +521,64 @@ def test_gpu_indices_count_within_the_callers_cuda_visible_devices(tmp_path, mon
                                "2", cwd=tmp_path)
     assert all("CUDA_VISIBLE_DEVICES=4,6 " in ln for ln in proc.stdout.splitlines()
                if " seed " in ln)
+
+
+# ------------------------------------------------------------------ states, orphans, --summarize
+
+def test_summarize_names_done_missing_running_and_failed_runs(reproduced, tmp_path):
+    work, data, _ = reproduced
+    args = ("--suite", "compare", "--only", "cifar100_10", "--data-root", str(data), "--gpus",
+            "cpu", "--output", str(work / "results"), *_tiny_sets())
+    runs = work / "results" / "runs" / "cifar100_10"
+    failed = runs / "seq_lora" / "seed0"  # a session that ended with an error
+    failed.mkdir(parents=True)
+    (failed / "console.txt").write_text("error: something went wrong\n"
+                                        "[reproduce] main.py exited with status 2\n")
+    held = runs / "joint" / "seed0"  # a live process holds its lock
+    held.mkdir(parents=True)
+    import fcntl
+    with open(held / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = reproduce_inprocess(*args, "--summarize", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # a failed run
+    states = {ln.split()[1]: ln for ln in proc.stdout.splitlines()
+              if ln.split()[:1] in (["missing"], ["running"], ["failed"], ["stopped"])}
+    assert states["cifar100_10/seq_lora/seed0"].startswith("failed")
+    assert str(failed / "console.txt") in states["cifar100_10/seq_lora/seed0"]
+    assert states["cifar100_10/joint/seed0"].startswith("running")
+    assert states["cifar100_10/inflora/seed0"].startswith("missing")
+    assert "cifar100_10/splitlora/seed0" not in states  # done: in the table
+    assert "| cifar100_10 | splitlora | 0 |" in proc.stdout
+    assert (work / "results" / "compare.md").exists()
+
+
+def test_a_suite_killed_with_sigkill_leaves_no_run_going_on_its_own(tmp_path):
+    _fabricate(tmp_path / "data", only=("imagenet-r",))
+    run = tmp_path / "results" / "runs" / "imagenet_r_5" / "seed0"
+    args = ["--data-root", "data", "--only", "imagenet_r_5", "--gpus", "cpu", "--output",
+            "results", *_tiny_sets()]
+    proc = subprocess.Popen([sys.executable, str(REPO / "reproduce.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                 **subprocess_env("pause:checkpoint_write:1")})
+    children: list[int] = []
+    try:
+        deadline = time.time() + HANG_GUARD_S  # a hang guard, not a speed requirement
+        while "SPLITLORA-FAULT-PAUSE" not in ((run / "console.txt").read_text()
+                                              if (run / "console.txt").exists() else ""):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        assert len(children) == 1
+        meanwhile = reproduce_inprocess(*args, "--summarize", cwd=tmp_path)
+        assert "running  imagenet_r_5/splitlora/seed0" in meanwhile.stdout  # not "failed"
+        proc.kill()  # as the OOM killer or a lost terminal would
+        proc.wait()
+        while any(_alive(c) for c in children):  # the run ends with its parent
+            assert time.time() < deadline, "main.py outlived reproduce.py"
+            time.sleep(0.2)
+    finally:
+        for pid in [proc.pid] * (proc.poll() is None) + [c for c in children if _alive(c)]:
+            os.kill(pid, signal.SIGKILL)
+    after = reproduce_inprocess(*args, "--summarize", cwd=tmp_path)
+    assert "stopped  imagenet_r_5/splitlora/seed0" in after.stdout, after.stdout
