@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 
 import pytest
 
@@ -67,8 +68,14 @@ def test_wandb_offline_writes_a_run_folder_with_the_logged_keys(tmp_path, monkey
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    data = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
-    for key in (b"train/loss", b"acc/seen_tasks", b"split/frozen_dims/block_0", b"run_dir"):
+    keys = (b"train/loss", b"acc/seen_tasks", b"split/frozen_dims/block_0", b"run_dir")
+    deadline = time.time() + 120  # W&B's writer process may finish its file just after finish()
+    while True:
+        data = b"".join(p.read_bytes() for p in runs[0].rglob("*.wandb"))
+        if all(k in data for k in keys) or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    for key in keys:
         assert key in data, key
 
 
