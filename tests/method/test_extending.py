@@ -28,7 +28,9 @@ def _example(tmp_path, monkeypatch):
     return text
 
 
-def test_the_documented_method_runs_the_demo_with_its_own_hyper_parameter(tmp_path, monkeypatch):
+def test_the_documented_method_runs_the_demo_with_its_own_hyper_parameter(tmp_path, monkeypatch,
+                                                                          demo_runs):
+    demo_runs.results()  # the session's demo runs have pretrained the demo backbone by then
     text = _example(tmp_path, monkeypatch)
     short = ["--set", "train.epochs=1", "--set", "train.milestones=[1]"]
     out = tmp_path / "run"
