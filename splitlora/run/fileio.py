@@ -24,16 +24,6 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
 
 
-def kind_of(mode: int) -> str:
-    """What a file of ``st_mode`` is, in words."""
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def check_regular_file(path: Path, what: str, error: type[Exception], hint: str = "") -> int:
     """Refuse anything but an existing regular file (a link to one is fine); returns its size.
     ``error(message)`` says what the path is instead (missing, a directory, a FIFO, ...)."""
@@ -47,7 +37,10 @@ def check_regular_file(path: Path, what: str, error: type[Exception], hint: str 
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {os_reason(exc)}{suffix}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} {path} is {kind_of(st.st_mode)}, not a file{suffix}")
+        kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise error(f"{what} {path} is {kind}, not a file{suffix}")
     return st.st_size
 
 
@@ -80,13 +73,15 @@ def read_json(path: Path, limit: int = 64 << 20) -> dict:
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
     try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def atomic_replace(path: Path, write: Callable[[Path], None],
@@ -186,16 +181,3 @@ def check_output_dir(path: Path, what: str = "--output") -> None:
     if path.exists() and not path.is_dir():
         raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
     _check_writable_from(path, path, what)
-
-
-def check_output_file(path: Path, what: str) -> None:
-    """Refuse a path that could not receive a tool's output file, before the work starts."""
-    path = Path(path)
-    _check_names(path, what)
-    if path.is_dir():
-        raise WriteError(f"{what} {path} is a folder; pass the path of a file, e.g. "
-                         f"{path / 'results.json'}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise WriteError(f"{what} {path} exists and cannot be written (permission denied); pass "
-                         "another file")
-    _check_writable_from(path, path.parent, what)
