@@ -5,10 +5,3 @@ from .folder import (BadImageError, BadSample, Batch, DataError, FolderImageSet,
                      TaskDataset, skipping_collate)
 from .synthetic import SyntheticImageSet, class_images
 from .tasks import class_order, split_tasks
-
-__all__ = [
-    "BENCHMARKS", "BadImageError", "BadSample", "Batch", "Benchmark", "BenchmarkSpec", "DataError", "FolderImageSet",
-    "ImageSet", "Repeated", "SyntheticImageSet", "TaskDataset", "build_benchmark",
-    "check_folder_root", "class_images", "class_order", "register_benchmark", "skipping_collate",
-    "split_tasks",
-]

@@ -20,13 +20,10 @@ from .tasks import class_order, split_tasks
 
 @dataclass
 class Benchmark:
-    """The two splits of a benchmark, its class names (index = class id) and transforms.
-
-    ``train_transform`` / ``eval_transform`` give normalised float tensors. A benchmark may
-    also give ``*_uint8`` variants that stop before ToTensor + Normalize, with ``normalize``
-    doing that step on a whole uint8 batch on the device (bitwise the same result).
-    """
-
+    """The two splits of a benchmark, its class names (index = class id) and transforms:
+    ``train_transform`` / ``eval_transform`` give normalised float tensors; the ``*_uint8``
+    variants, when given, stop before ToTensor + Normalize, which ``normalize`` does on a whole
+    uint8 batch on the device (bitwise the same result)."""
     name: str
     classes: list[str]
     train: ImageSet
@@ -95,9 +92,12 @@ def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
     return spec
 
 
-def check_classes_per_task(num_classes: int, num_tasks: int, where: str) -> None:
-    """A task needs at least two classes: with one, its head has a single logit and the
-    cross-entropy is 0 whatever the model does (nothing is learned, nothing can be forgotten)."""
+def check_task_split(num_classes: int, num_tasks: int, where: str, classes: str) -> None:
+    """``num_tasks`` must divide the ``classes`` (words for the message), and a task needs at
+    least two classes: with one, its head has a single logit and the cross-entropy is 0 whatever
+    the model does (nothing is learned, nothing can be forgotten)."""
+    if num_classes % num_tasks:
+        raise DataError(f"dataset.num_tasks = {num_tasks} does not divide {classes}")
     if num_classes // num_tasks < 2:
         raise DataError(f"dataset.num_tasks = {num_tasks} leaves {num_classes // num_tasks} class "
                         f"per task for the {num_classes} classes of {where}: a one-class task "
@@ -105,30 +105,20 @@ def check_classes_per_task(num_classes: int, num_tasks: int, where: str) -> None
                         f"{num_classes // 2} task{'s' if num_classes // 2 > 1 else ''}")
 
 
-def broken_links(folder: Path, images_only: bool = False) -> list[tuple[str, str]]:
-    """(name, target) of the symbolic links in ``folder`` (to image files only, if asked) whose
-    target is missing."""
-    out = []
-    for e in os.scandir(folder):
-        if images_only and not e.name.lower().endswith(IMAGE_EXTENSIONS):
-            continue
-        if e.is_symlink() and not os.path.exists(e.path):
-            out.append((e.name, os.readlink(e.path)))
-    return sorted(out)
-
-
 def _check_links(base: Path, split: str, classes: list[str], fix: str) -> None:
     """Class folders and images that are links into a source that has moved are refused here,
     not at the first read (the dataset tools link into the source by default)."""
-    broken = [(f"{split}/{n}", t) for n, t in broken_links(base / split)]
-    for c in classes:
-        broken += [(f"{split}/{c}/{n}", t) for n, t in broken_links(base / split / c, True)]
+    broken = []
+    for sub, images_only in [("", False)] + [(f"{c}/", True) for c in classes]:
+        broken += sorted((f"{split}/{sub}{e.name}", os.readlink(e.path))
+                         for e in os.scandir(base / split / sub)
+                         if (not images_only or e.name.lower().endswith(IMAGE_EXTENSIONS))
+                         and e.is_symlink() and not os.path.exists(e.path))
     if broken:
         where, target = broken[0]
         raise DataError(f"dataset root {base}: {len(broken)} symbolic link(s) in {split}/ point to "
                         f"missing files, e.g. {where} -> {target}; the source they link to has "
-                        "moved or been deleted. Restore it, or prepare the dataset again."
-                        f"{fix}")
+                        f"moved or been deleted. Restore it, or prepare the dataset again.{fix}")
 
 
 def check_folder_root(root: Optional[str], name: str, expected: Optional[int], num_tasks: int,
@@ -150,8 +140,7 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
                         f"folder: expected {base}/train/<class>/ and {base}/val/<class>/.{fix}")
     for split in ("train", "val"):
         _check_links(base, split, [], fix)
-    train_classes = list_class_dirs(base / "train")
-    val_classes = list_class_dirs(base / "val")
+    train_classes, val_classes = (list_class_dirs(base / s) for s in ("train", "val"))
     if train_classes != val_classes:
         only_t = sorted(set(train_classes) - set(val_classes))
         only_v = sorted(set(val_classes) - set(train_classes))
@@ -163,10 +152,8 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
     if expected is not None and len(train_classes) != expected:
         raise DataError(f"dataset root {base} has {len(train_classes)} classes, benchmark "
                         f"'{name}' has {expected}.{fix}")
-    if len(train_classes) % num_tasks:
-        raise DataError(f"dataset.num_tasks = {num_tasks} does not divide the {len(train_classes)} "
-                        f"classes of {base}; pick a divisor")
-    check_classes_per_task(len(train_classes), num_tasks, f"{base}")
+    check_task_split(len(train_classes), num_tasks, f"{base}",
+                     f"the {len(train_classes)} classes of {base}; pick a divisor")
     for split in ("train", "val"):
         _check_links(base, split, train_classes, fix)
         empty = [c for c in train_classes if not list_images(base / split / c)]
@@ -176,27 +163,34 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
     return train_classes
 
 
-def _folder_builder(policy: str, interp: str, eval_mode: str, expected: Optional[int],
-                    hint: str) -> Callable[..., Benchmark]:
-    """An image-folder benchmark: AutoAugment ``policy``, ``interp`` for the crop and the
-    evaluation resize, ``eval_mode`` the official evaluation transform (see
-    :func:`transforms.eval_transform`; ``dataset.eval_transform`` may choose another)."""
+def _with_transforms(name: str, classes: list[str], train: ImageSet, val: ImageSet,
+                     make_train: Callable, make_eval: Callable, mean, std) -> Benchmark:
+    """A benchmark whose transforms ``make_train(output)`` / ``make_eval(output)`` end in float
+    and in uint8 (normalised on the device)."""
+    return Benchmark(name, classes, train, val, make_train("float"), make_eval("float"),
+                     make_train("uint8"), make_eval("uint8"), Uint8Normalize(mean, std))
+
+
+def _folder_benchmark(name: str, expected: Optional[int], policy: str, interp: str,
+                      eval_mode: str, tool: str = "", options: str = "") -> None:
+    """Register an image-folder benchmark: AutoAugment ``policy``, ``interp`` for the crop and
+    the evaluation resize, ``eval_mode`` the official evaluation transform (see
+    :func:`transforms.eval_transform`; ``dataset.eval_transform`` may choose another);
+    ``tool`` (with ``options``) prepares its folder."""
+    hint = f"Prepare it with: {tool}{options}" if tool else ""
+
     def build(cfg, img_size: int, num_tasks: int, mean: Sequence[float], std: Sequence[float],
               name: str) -> Benchmark:
         classes = check_folder_root(cfg.root, name, expected, num_tasks, hint)
         root = Path(cfg.root).expanduser()
         mode = eval_mode if cfg.eval_transform == "official" else cfg.eval_transform
-        return Benchmark(
-            name=name, classes=classes,
-            train=FolderImageSet(root / "train", classes, "train", cfg.max_image_pixels),
-            val=FolderImageSet(root / "val", classes, "val", cfg.max_image_pixels),
-            train_transform=tf.train_transform(img_size, policy, interp, mean, std),
-            eval_transform=tf.eval_transform(img_size, mode, interp, mean, std),
-            train_transform_uint8=tf.train_transform(img_size, policy, interp, mean, std, "uint8"),
-            eval_transform_uint8=tf.eval_transform(img_size, mode, interp, mean, std, "uint8"),
-            normalize=Uint8Normalize(mean, std),
-        )
-    return build
+        return _with_transforms(
+            name, classes, FolderImageSet(root / "train", classes, "train", cfg.max_image_pixels),
+            FolderImageSet(root / "val", classes, "val", cfg.max_image_pixels),
+            lambda out: tf.train_transform(img_size, policy, interp, mean, std, out),
+            lambda out: tf.eval_transform(img_size, mode, interp, mean, std, out), mean, std)
+    register_benchmark(BenchmarkSpec(name, expected, build, tool or "any dataset in the "
+                                     "ROOT/train/<class>/, ROOT/val/<class>/ layout"))
 
 
 def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
@@ -206,42 +200,25 @@ def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
         raise DataError(f"dataset.eval_transform = {cfg.eval_transform!r} applies to image-folder "
                         "benchmarks; the synthetic benchmark has one evaluation transform "
                         "(leave it at 'official')")
-    if s.num_classes % num_tasks:
-        raise DataError(f"dataset.num_tasks = {num_tasks} does not divide "
-                        f"dataset.synthetic.num_classes = {s.num_classes}")
-    check_classes_per_task(s.num_classes, num_tasks, "the synthetic benchmark")
-    return Benchmark(
-        name=name, classes=[f"synthetic_{s.class_offset + c}" for c in range(s.num_classes)],
-        train=SyntheticImageSet(s.num_classes, s.train_per_class, s.image_size, s.seed,
-                                s.class_offset, "train"),
-        val=SyntheticImageSet(s.num_classes, s.val_per_class, s.image_size, s.seed,
-                              s.class_offset, "val"),
-        train_transform=tf.tensor_train_transform(img_size, mean, std),
-        eval_transform=tf.tensor_eval_transform(img_size, mean, std),
-        train_transform_uint8=tf.tensor_train_transform(img_size, mean, std, "uint8"),
-        eval_transform_uint8=tf.tensor_eval_transform(img_size, mean, std, "uint8"),
-        normalize=Uint8Normalize(mean, std),
-    )
+    check_task_split(s.num_classes, num_tasks, "the synthetic benchmark",
+                     f"dataset.synthetic.num_classes = {s.num_classes}")
+    return _with_transforms(
+        name, [f"synthetic_{s.class_offset + c}" for c in range(s.num_classes)],
+        *(SyntheticImageSet(s.num_classes, per, s.image_size, s.seed, s.class_offset, split)
+          for split, per in (("train", s.train_per_class), ("val", s.val_per_class))),
+        lambda out: tf.tensor_train_transform(img_size, mean, std, out),
+        lambda out: tf.tensor_eval_transform(img_size, mean, std, out), mean, std)
 
 
-register_benchmark(BenchmarkSpec(
-    "folder", None, _folder_builder("imagenet", "bilinear", "squash_crop", None, ""),
-    "any dataset in the ROOT/train/<class>/, ROOT/val/<class>/ layout"))
-register_benchmark(BenchmarkSpec(
-    "cifar100", 100, _folder_builder("cifar10", "bicubic", "resize", 100,
-                                     "Prepare it with: python tools/split_cifar100.py --src "
-                                     "cifar-100-python.tar.gz --dst DIR"),
-    "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst DIR"))
-register_benchmark(BenchmarkSpec(
-    "imagenet_r", 200, _folder_builder("imagenet", "bilinear", "squash_crop", 200,
-                                       "Prepare it with: python tools/split_imagenet_r.py --src "
-                                       "imagenet-r.tar --dst DIR [--train-list F --val-list F]"),
-    "python tools/split_imagenet_r.py --src imagenet-r.tar --dst DIR"))
-register_benchmark(BenchmarkSpec(
-    "domainnet", 200, _folder_builder("imagenet", "bilinear", "squash_crop", 200,
-                                      "Prepare it with: python tools/split_domainnet.py --src "
-                                      "DOMAINNET_ROOT --dst DIR --train-list F --val-list F"),
-    "python tools/split_domainnet.py --src DOMAINNET_ROOT --dst DIR --train-list F --val-list F"))
+_folder_benchmark("folder", None, "imagenet", "bilinear", "squash_crop")
+_folder_benchmark("cifar100", 100, "cifar10", "bicubic", "resize",
+                  "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst DIR")
+_folder_benchmark("imagenet_r", 200, "imagenet", "bilinear", "squash_crop",
+                  "python tools/split_imagenet_r.py --src imagenet-r.tar --dst DIR",
+                  " [--train-list F --val-list F]")
+_folder_benchmark("domainnet", 200, "imagenet", "bilinear", "squash_crop",
+                  "python tools/split_domainnet.py --src DOMAINNET_ROOT --dst DIR "
+                  "--train-list F --val-list F")
 register_benchmark(BenchmarkSpec("synthetic", None, _build_synthetic, "generated in memory"))
 
 

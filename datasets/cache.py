@@ -1,20 +1,12 @@
 """Decode once: a task's training images held in memory as uint8 pixels.
 
-The protocol reads every training image ``expand_times x epochs`` (100) times per task, plus
-``expand_times`` times in the covariance pass, and decoding a JPEG costs about as much as
-the rest of the augmentation. :class:`DecodedImages` decodes each image of a task a single
-time (``ImageSet.load``: PIL, ``.convert("RGB")``, as the official code loads images) into a
-few large uint8 buffers and rebuilds the PIL image from those pixels on every read, so the
-transforms see exactly the pixels a fresh decode gives.
-
-Where the memory lives: the buffers are torch uint8 tensors allocated in the main process
-before the data workers start. Workers started by ``fork`` (the Linux default) share them
-copy-on-write and never write to them, so one copy serves every worker; with ``spawn`` or
-``forkserver`` torch passes them to the workers through shared memory, again one copy. The
-cost is the raw pixels, ``3 * width * height`` bytes per image: 5.24 GiB per 10,000 images
-of 500 x 375, 117 MiB per 10,000 of 64 x 64, 29 MiB per 10,000 of 32 x 32. Only the
-current task's images are held (:class:`TaskImageCache`); each process of a torchrun job
-holds its own copy.
+The protocol reads every training image ``expand_times x (epochs + 1)`` times per task, and
+decoding a JPEG costs about as much as the rest of the augmentation. :class:`DecodedImages`
+decodes each image once (``ImageSet.load``: PIL, RGB) into a few torch uint8 buffers allocated
+before the workers start (``fork``: shared copy-on-write; ``spawn``: shared memory; one copy
+either way) and rebuilds the PIL image from those pixels on every read: exactly the pixels of a
+fresh decode. Cost: ``3 * width * height`` bytes per image (5.24 GiB per 10,000 images of
+500 x 375), for the current task only (:class:`TaskImageCache`), per torchrun process.
 """
 from __future__ import annotations
 
@@ -33,7 +25,6 @@ from .folder import BadImageError, FolderImageSet, ImageSet
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "on", "off")
-_CONFIG_VALUES = {"auto": "auto", True: "on", False: "off"}  # dataset.cache -> mode
 CHUNK_IMAGES = 256  # images decoded (and their buffer allocated) at a time
 
 
@@ -58,17 +49,13 @@ class _TooLarge(Exception):
 
 class DecodedImages(ImageSet):
     """The images ``indices`` of ``base``, decoded once; every other index reads ``base``.
-
     ``load(i)`` returns a new PIL image with the decoded pixels (mode RGB), identical to
     ``base.load(i)``; an image that failed to decode raises the same :class:`BadImageError`
-    each time it is read, as it would from disk.
-    """
+    each time it is read, as it would from disk."""
 
     def __init__(self, base: ImageSet, indices: Sequence[int], threads: int = 1,
                  max_bytes: Optional[int] = None) -> None:
-        self.base = base
-        self.split = base.split
-        self.targets = base.targets
+        self.base, self.split, self.targets = base, base.split, base.targets
         self.chunks: list[torch.Tensor] = []  # 1-D uint8 buffers
         self.where: dict[int, tuple[int, int, int, int]] = {}  # index -> (chunk, offset, h, w)
         self.errors: dict[int, str] = {}  # index -> BadImageError message
@@ -89,9 +76,7 @@ class DecodedImages(ImageSet):
             img = self.base.load(index)
         except BadImageError as exc:
             return exc
-        if isinstance(img, Image.Image) and img.mode == "RGB":
-            return np.asarray(img)
-        return img
+        return np.asarray(img) if isinstance(img, Image.Image) and img.mode == "RGB" else img
 
     def _add_chunk(self, part: list[int], decoded: list[Any]) -> None:
         arrays = [(i, a) for i, a in zip(part, decoded) if isinstance(a, np.ndarray)]
@@ -100,11 +85,8 @@ class DecodedImages(ImageSet):
                 self.errors[i] = str(a)
             elif not isinstance(a, np.ndarray):
                 self.other[i] = a
-        if not arrays:
-            return
         buf = torch.empty(sum(a.size for _, a in arrays), dtype=torch.uint8)
-        view = buf.numpy()
-        offset = 0
+        view, offset = buf.numpy(), 0
         for i, a in arrays:
             view[offset:offset + a.size] = a.reshape(-1)
             self.where[i] = (len(self.chunks), offset, a.shape[0], a.shape[1])
@@ -115,18 +97,13 @@ class DecodedImages(ImageSet):
     def nbytes(self) -> int:
         return sum(c.numel() for c in self.chunks)
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
     def describe(self, index: int) -> str:
         return self.base.describe(index)
 
     def load(self, index: int) -> Any:
-        entry = self.where.get(index)
-        if entry is not None:
-            chunk, offset, h, w = entry
-            pixels = self.chunks[chunk].numpy()[offset:offset + h * w * 3].reshape(h, w, 3)
-            return Image.fromarray(pixels)
+        if index in self.where:
+            c, o, h, w = self.where[index]
+            return Image.fromarray(self.chunks[c].numpy()[o:o + h * w * 3].reshape(h, w, 3))
         if index in self.errors:
             raise BadImageError(self.errors[index])
         if index in self.other:
@@ -136,42 +113,22 @@ class DecodedImages(ImageSet):
 
 
 class TaskImageCache:
-    """Holds the decoded training images of one task at a time (``dataset.cache``).
-
-    ``mode`` (or the config value true / false / auto): ``off`` reads from disk every time;
-    ``on`` always decodes once; ``auto``
-    decodes once unless the task's pixels would take more than ``memory_share`` of the
-    memory available (shared by the ``processes`` of this machine), in which case it logs
-    a warning and reads from disk. Image sets that are not folders of files (the synthetic
-    benchmark, already in memory) are never cached.
-    """
+    """Holds the decoded training images of one task at a time. ``mode`` (or ``dataset.cache``
+    true / false / auto): ``off`` reads from disk every time; ``on`` always decodes once;
+    ``auto`` decodes once unless the task's pixels would take more than ``memory_share`` of the
+    memory available (shared by the ``processes`` of this machine), else it logs a warning and
+    reads from disk. Image sets that are not folders of files (synthetic) are never cached."""
 
     def __init__(self, mode: "str | bool" = "auto", threads: int = 1, processes: int = 1,
                  memory_share: float = 0.5) -> None:
-        if isinstance(mode, bool) or mode == "auto":
-            mode = _CONFIG_VALUES[mode]
+        if isinstance(mode, bool):
+            mode = "on" if mode else "off"
         if mode not in CACHE_MODES:
             raise ValueError(f"unknown cache mode {mode!r}; known: {', '.join(CACHE_MODES)}")
-        self.mode = mode
-        self.threads = threads
-        self.processes = max(1, processes)
+        self.mode, self.threads, self.processes = mode, threads, max(1, processes)
         self.memory_share = memory_share
-        self._key: Optional[tuple] = None
+        self._key: Optional[tuple] = None  # (id of the image set, classes) of self._images
         self._images: Optional[ImageSet] = None
-
-    @property
-    def current(self) -> Optional[ImageSet]:
-        """The image set of the last :meth:`for_classes` call (None after :meth:`release`)."""
-        return self._images
-
-    def release(self) -> None:
-        self._key, self._images = None, None
-
-    def budget(self) -> Optional[int]:
-        if self.mode != "auto":
-            return None
-        avail = available_memory()
-        return None if avail is None else int(avail * self.memory_share / self.processes)
 
     def for_classes(self, base: ImageSet, classes: Sequence[int]) -> ImageSet:
         """``base`` with the images of ``classes`` decoded in memory (or ``base`` itself)."""
@@ -180,10 +137,11 @@ class TaskImageCache:
         key = (id(base), tuple(sorted(classes)))
         if key == self._key:
             return self._images
-        self.release()  # the previous task's pixels go before this task's are decoded
+        self._key = self._images = None  # the previous task's pixels go before this task's
         wanted = set(classes)
         indices = [i for i, c in enumerate(base.targets) if c in wanted]
-        budget = self.budget()
+        avail = available_memory() if self.mode == "auto" else None
+        budget = None if avail is None else int(avail * self.memory_share / self.processes)
         t0 = time.perf_counter()
         try:
             images = DecodedImages(base, indices, self.threads, budget)

@@ -12,9 +12,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-
 log = logging.getLogger(__name__)
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
@@ -52,8 +50,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     other mode is ``img.convert("RGB")``, unchanged."""
     if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
         return img.convert("RGB")
-    a = np.asarray(img).astype(np.float64)
-    a = np.nan_to_num(a, nan=0.0, posinf=65535.0, neginf=0.0)
+    a = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
     peak = float(a.max()) if a.size else 0.0
     if img.mode == "F" and peak <= 1.0:
         a = a * 255.0
@@ -65,7 +62,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 class ImageSet:
     """A split of a benchmark: ``targets[i]`` is the class id of sample i; ``load(i)`` its image."""
-
     split: str
     targets: list[int]
 
@@ -85,21 +81,16 @@ class ImageSet:
 
 class FolderImageSet(ImageSet):
     """``root/<class>/<image>`` with class ids given by ``classes`` (class id = position).
-
     ``max_pixels`` bounds what one image may cost: a file whose header declares more pixels is
     a bad image (read before anything is decoded), as is anything but a regular file."""
 
     def __init__(self, root: str | Path, classes: Sequence[str], split: str,
                  max_pixels: int = 40_000_000) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.max_pixels = max_pixels
-        self.paths: list[str] = []
-        self.targets = []
-        for cid, name in enumerate(classes):
-            for fname in list_images(self.root / name):
-                self.paths.append(os.path.join(name, fname))
-                self.targets.append(cid)
+        self.root, self.split, self.max_pixels = Path(root), split, max_pixels
+        files = [(os.path.join(name, f), cid) for cid, name in enumerate(classes)
+                 for f in list_images(self.root / name)]
+        self.paths: list[str] = [p for p, _ in files]
+        self.targets = [cid for _, cid in files]
 
     def describe(self, index: int) -> str:
         return str(self.root / self.paths[index])
@@ -109,52 +100,40 @@ class FolderImageSet(ImageSet):
 
     def load(self, index: int) -> Image.Image:
         path = self.root / self.paths[index]
+        cannot = f"cannot read image {path} ({self.split} split):"
         try:  # O_NONBLOCK: a FIFO in the folder cannot hang the open
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
-            raise BadImageError(f"cannot read image {path} ({self.split} split): "
-                                f"{exc.strerror or exc}") from None
+            raise BadImageError(f"{cannot} {exc.strerror or exc}") from None
         with os.fdopen(fd, "rb") as f:
             mode = os.fstat(f.fileno()).st_mode
             if not stat.S_ISREG(mode):
-                raise BadImageError(f"cannot read image {path} ({self.split} split): it is "
-                                    f"{_kind(mode)}, not an image file")
+                from models.backbone import file_kind
+                raise BadImageError(f"{cannot} it is {file_kind(mode)}, not an image file")
             try:
                 with Image.open(f) as img:
                     if img.width * img.height > self.max_pixels:
-                        raise BadImageError(
-                            f"image {path} ({self.split} split) declares {img.width} x "
-                            f"{img.height} pixels, more than dataset.max_image_pixels = "
-                            f"{self.max_pixels}; it is not decoded")
+                        raise BadImageError(f"image {path} ({self.split} split) declares "
+                                            f"{img.width} x {img.height} pixels, more than "
+                                            f"dataset.max_image_pixels = {self.max_pixels}; it "
+                                            "is not decoded")
                     return to_rgb(img)
             except BadImageError:
                 raise
             except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
                 # PIL names the open file object (its descriptor number): name the file
                 reason = str(exc).replace(repr(f), repr(str(path)))
-                raise BadImageError(f"cannot read image {path} ({self.split} split): "
-                                    f"{type(exc).__name__}: {reason}") from None
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
+                raise BadImageError(f"{cannot} {type(exc).__name__}: {reason}") from None
 
 
 class BadSample(NamedTuple):
     """Placeholder for an unreadable image when bad images are skipped."""
-
     path: str
 
 
 class Batch(NamedTuple):
     """A batch from :func:`skipping_collate`: images / labels (None if all were bad) and the
     paths of the unreadable images that were dropped."""
-
     images: Any
     labels: Any
     bad: list
@@ -163,25 +142,18 @@ class Batch(NamedTuple):
 def skipping_collate(samples: list) -> Batch:
     good = [s for s in samples if not isinstance(s, BadSample)]
     bad = [s.path for s in samples if isinstance(s, BadSample)]
-    if not good:
-        return Batch(None, None, bad)
-    images, labels = default_collate(good)
-    return Batch(images, labels, bad)
+    return Batch(*(default_collate(good) if good else (None, None)), bad)
 
 
 class TaskDataset(Dataset):
-    """The samples of ``classes`` from an image set, labelled ``label_offset + position``.
-
-    With ``skip_bad=True`` an unreadable image yields a :class:`BadSample` (dropped and
-    counted by :func:`skipping_collate`) instead of raising :class:`BadImageError`.
-    """
+    """The samples of ``classes`` from an image set, labelled ``label_offset + position``. With
+    ``skip_bad=True`` an unreadable image yields a :class:`BadSample` (dropped and counted by
+    :func:`skipping_collate`) instead of raising :class:`BadImageError`."""
 
     def __init__(self, images: ImageSet, classes: Sequence[int], label_offset: int,
                  transform: Optional[Callable] = None, skip_bad: bool = False) -> None:
         pos = {c: j for j, c in enumerate(classes)}
-        self.images = images
-        self.transform = transform
-        self.skip_bad = skip_bad
+        self.images, self.transform, self.skip_bad = images, transform, skip_bad
         self.indices = [i for i, c in enumerate(images.targets) if c in pos]
         self.labels = [label_offset + pos[images.targets[i]] for i in self.indices]
 
@@ -196,17 +168,14 @@ class TaskDataset(Dataset):
                 raise
             log.warning("skipping unreadable image %s", self.images.describe(self.indices[i]))
             return BadSample(self.images.describe(self.indices[i]))
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.labels[i]
+        return (img if self.transform is None else self.transform(img)), self.labels[i]
 
 
 class Repeated(Dataset):
     """A dataset repeated ``times`` times (item i is item i mod len): expand_times."""
 
     def __init__(self, dataset: Dataset, times: int) -> None:
-        self.dataset = dataset
-        self.times = times
+        self.dataset, self.times = dataset, times
 
     def __len__(self) -> int:
         return len(self.dataset) * self.times

@@ -1,20 +1,8 @@
 """How batches reach the model: worker counts, multi-epoch loading, normalisation on the device.
-
-- ``train.num_workers`` / ``eval.num_workers: auto`` = the CPUs this process may use
-  (``os.sched_getaffinity``), shared by the processes torchrun started on this machine, minus
-  one for the process itself.
-- :class:`EpochStream`: a task's ``epochs`` epochs read through one DataLoader iteration, served
-  one epoch per ``iter()``, so the workers keep preparing batches across epoch boundaries
-  instead of restarting the pipeline (and leaving the GPU idle) at every epoch.
-- :class:`DeviceBatches`: uint8 batches are copied to the device (a quarter of the bytes of
-  float32) and normalised there (:class:`datasets.normalize.Uint8Normalize`, bitwise the
-  float pipeline's values).
-
-Randomness: with ``num_workers: 0`` the transforms draw from the main process's RNG as
-before; with workers, each worker has its own stream (PyTorch's seeding from the loader's
-generator), so augmentations, and hence results, depend on the number of workers: a run is
-repeated bitwise with the same worker count (recorded in ``env.json``).
-"""
+Randomness: with ``num_workers: 0`` the transforms draw from the main process's RNG; with
+workers, each worker has its own stream (PyTorch's seeding from the loader's generator), so
+augmentations, and hence results, depend on the number of workers: a run is repeated bitwise
+with the same worker count (recorded in ``env.json``)."""
 from __future__ import annotations
 
 import os
@@ -44,9 +32,7 @@ def processes_on_this_machine() -> int:
 
 def resolve_workers(value: Union[int, str]) -> int:
     """``auto`` -> usable CPUs / processes on this machine - 1 (at least 0); an int as is."""
-    if value == "auto":
-        return max(0, usable_cpus() // processes_on_this_machine() - 1)
-    return int(value)
+    return max(0, usable_cpus() // processes_on_this_machine() - 1) if value == "auto" else int(value)
 
 
 class _EpochsBatchSampler(Sampler[list]):
@@ -54,9 +40,8 @@ class _EpochsBatchSampler(Sampler[list]):
     before each, for a DistributedSampler)."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, epochs: int) -> None:
-        self.sampler = sampler
+        self.sampler, self.epochs = sampler, epochs
         self.batches = BatchSampler(sampler, batch_size, drop_last)
-        self.epochs = epochs
         self.first_epoch = 0  # epoch number of the next iteration's first epoch
 
     def __iter__(self) -> Iterator[list]:
@@ -70,15 +55,13 @@ class _EpochsBatchSampler(Sampler[list]):
 
 
 class EpochStream:
-    """``epochs`` epochs of a dataset read through one multi-worker DataLoader iteration.
-
-    Each ``iter()`` yields the next epoch's batches (``len()`` of them); an epoch left
-    unfinished is skipped to its end first, so epochs never mix. Reading more than ``epochs``
-    epochs works too: a new iteration of ``epochs`` more starts (with a pipeline restart).
+    """``epochs`` epochs of a dataset read through one multi-worker DataLoader iteration, so
+    the workers keep preparing batches across epoch boundaries. Each ``iter()`` yields the next
+    epoch's batches (``len()`` of them); an epoch left unfinished is skipped to its end first,
+    so epochs never mix; past ``epochs`` epochs a new iteration of ``epochs`` more starts.
     Shuffling: ``sampler`` if given (e.g. a DistributedSampler), else a RandomSampler drawing
     from ``seed``. ``sampler`` is hidden (None) from callers: this class calls ``set_epoch``
-    itself, with the running epoch number.
-    """
+    itself, with the running epoch number."""
 
     sampler = None
 
@@ -94,8 +77,7 @@ class EpochStream:
                                  pin_memory=device.type == "cuda", generator=gen,
                                  collate_fn=collate_fn)
         self._it: Optional[Iterator] = None
-        self._left = 0  # batches of the current epoch not yet taken
-        self._served = 0
+        self._left = self._served = 0  # batches of the current epoch not yet taken; epochs begun
 
     def __len__(self) -> int:
         return self.per_epoch
@@ -121,15 +103,16 @@ class EpochStream:
 
 
 class DeviceBatches:
-    """Iterate ``(images, labels)`` of ``loader`` with the images on ``device``, normalised
-    there by ``normalize`` when they arrive as uint8. Labels stay where they are. The n-th
-    iteration (from 0) first calls ``set_epoch(n)`` on a sampler that has it (a
-    DistributedSampler: a new shuffle every epoch)."""
+    """Iterate ``(images, labels)`` of ``loader`` with the images on ``device``, normalised there
+    by ``normalize`` when they arrive as uint8 (a quarter of the bytes of float32; bitwise the
+    float pipeline's values); labels stay where they are. The n-th iteration first calls
+    ``set_epoch(n)`` on a sampler that has it (a DistributedSampler). With ``bad_images`` (a
+    set), ``loader`` collates with ``skipping_collate``: dropped unreadable images go there."""
 
-    def __init__(self, loader, device: torch.device, normalize: Optional[Callable] = None) -> None:
-        self.loader = loader
-        self.device = device
-        self.normalize = normalize
+    def __init__(self, loader, device: torch.device, normalize: Optional[Callable] = None,
+                 bad_images: Optional[set] = None) -> None:
+        self.loader, self.device = loader, device
+        self.normalize, self.bad_images = normalize, bad_images
         self.sampler = getattr(loader, "sampler", None)
         self.epoch = 0
 
@@ -140,7 +123,14 @@ class DeviceBatches:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(self.epoch)
         self.epoch += 1
-        for images, labels in self.loader:
+        for batch in self.loader:
+            if self.bad_images is not None:  # a Batch of skipping_collate
+                images, labels, bad = batch
+                self.bad_images.update(bad)
+                if images is None:
+                    continue
+            else:
+                images, labels = batch
             images = images.to(self.device, non_blocking=True)
             if self.normalize is not None and images.dtype == torch.uint8:
                 images = self.normalize(images)
@@ -157,25 +147,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
                       collate_fn=collate_fn, persistent_workers=False)
 
 
-class SkipBadImages:
-    """Iterate a loader built with ``skipping_collate``: yield (images, labels) and record the
-    unreadable images it dropped in ``sink``."""
-
-    def __init__(self, loader, sink: set) -> None:
-        self.loader = loader
-        self.sink = sink
-        self.sampler = getattr(loader, "sampler", None)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for images, labels, bad in self.loader:
-            self.sink.update(bad)
-            if images is not None:
-                yield images, labels
-
-
 def batches(dataset: Dataset, batch_size: int, device: torch.device, workers: int,
             shuffle: bool = True, seed: int = 0, sampler: Optional[Sampler] = None,
             epochs: int = 1, normalize: Optional[Callable] = None,
@@ -190,6 +161,4 @@ def batches(dataset: Dataset, batch_size: int, device: torch.device, workers: in
     else:
         loader = make_loader(dataset, batch_size, shuffle, workers, device, seed,
                              sampler=sampler, collate_fn=collate)
-    if bad_images is not None:
-        loader = SkipBadImages(loader, bad_images)
-    return DeviceBatches(loader, device, normalize)
+    return DeviceBatches(loader, device, normalize, bad_images)

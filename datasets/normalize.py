@@ -1,11 +1,9 @@
-"""``ToTensor`` + ``Normalize`` of uint8 image batches, done where the batch lands (the GPU).
-
-A uint8 pixel ``v`` of channel ``c`` becomes ``(v / 255 - mean[c]) / std[c]`` in float32; with
+"""``ToTensor`` + ``Normalize`` of uint8 image batches, done where the batch lands (the GPU):
+a uint8 pixel ``v`` of channel ``c`` becomes ``(v / 255 - mean[c]) / std[c]`` in float32; with
 only 256 x 3 possible inputs, that is a table. The table is computed once on the CPU by
 torchvision's own ``ToTensor`` and ``Normalize`` (the transforms the data workers used to
 apply), and a batch is normalised by looking its pixels up, so the result is bitwise the
-float pipeline's on any device (no reliance on the device's division rounding).
-"""
+float pipeline's on any device (no reliance on the device's division rounding)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,32 +15,20 @@ from torch import Tensor
 from torchvision import transforms as T
 
 
-def normalization_table(mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(C, 256) float32: entry [c, v] = ToTensor + Normalize of a pixel of value v in channel c.
-
-    Computed by applying torchvision's transforms to a 1 x 256 image holding every value.
-    """
-    channels = len(mean)
-    if channels != 3 or len(std) != 3:
-        raise ValueError(f"uint8 normalisation expects 3 channels, got mean {mean}, std {std}")
-    row = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3)
-    out = T.Normalize(mean, std)(T.ToTensor()(Image.fromarray(row, mode="RGB")))  # (3, 1, 256)
-    return out[:, 0, :].contiguous()
-
-
 class Uint8Normalize:
     """Normalise a uint8 batch (B, C, H, W) into float32 with a per-device lookup table."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self.table = normalization_table(self.mean, self.std)  # (C, 256) on the CPU
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"uint8 normalisation expects 3 channels, got mean {self.mean}, "
+                             f"std {self.std}")
+        # (C, 256) float32 on the CPU: [c, v] = ToTensor + Normalize of a 1 x 256 image of every v
+        row = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # (1, 256, 3)
+        out = T.Normalize(self.mean, self.std)(T.ToTensor()(Image.fromarray(row, mode="RGB")))
+        self.table = out[:, 0, :].contiguous()
         self._on: dict[torch.device, Tensor] = {}
-
-    def _table(self, device: torch.device) -> Tensor:
-        if device not in self._on:
-            self._on[device] = self.table.to(device).reshape(-1)
-        return self._on[device]
 
     def __call__(self, images: Tensor) -> Tensor:
         """(B, C, H, W) or (C, H, W) uint8 -> float32 of the same shape, on the same device."""
@@ -52,10 +38,11 @@ class Uint8Normalize:
         if channels != self.table.shape[0]:
             raise ValueError(f"expected {self.table.shape[0]} channels, got shape "
                              f"{tuple(images.shape)}")
+        if images.device not in self._on:
+            self._on[images.device] = self.table.to(images.device).reshape(-1)
         offsets = torch.arange(channels, device=images.device, dtype=torch.int32) * 256
         index = images.to(torch.int32) + offsets.view(channels, 1, 1)
-        flat = self._table(images.device).index_select(0, index.reshape(-1))
-        return flat.view(images.shape)
+        return self._on[images.device].index_select(0, index.reshape(-1)).view(images.shape)
 
     def __repr__(self) -> str:
         return f"Uint8Normalize(mean={self.mean}, std={self.std})"

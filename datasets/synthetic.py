@@ -1,11 +1,9 @@
-"""A deterministic, procedurally generated image benchmark (no download).
-
-Each class is a random mixture of coloured, oriented gratings under soft Gaussian
-envelopes; its samples vary the phases, positions, orientations and amplitudes a little and
-add pixel noise. Class ``k`` of a generator with ``seed`` is always the same images on every
-machine, so classes ``class_offset + 0..C-1`` with different offsets are disjoint families
-(used to pretrain the demo backbone on classes the demo never learns).
-"""
+"""A deterministic, procedurally generated image benchmark (no download): each class is a
+random mixture of coloured, oriented gratings under soft Gaussian envelopes; its samples vary
+the phases, positions, orientations and amplitudes a little and add pixel noise. Class ``k`` of
+a generator with ``seed`` is always the same images on every machine, so classes
+``class_offset + 0..C-1`` with different offsets are disjoint families (used to pretrain the
+demo backbone on classes the demo never learns)."""
 from __future__ import annotations
 
 import math
@@ -25,15 +23,8 @@ def _generator(*keys: int) -> torch.Generator:
 
 def class_images(class_id: int, seed: int, count: int, size: int, stream: int,
                  components: int = 3) -> Tensor:
-    """``count`` images of one class.
-
-    Args:
-        class_id: global synthetic class id (prototype).
-        seed: benchmark seed (prototypes).
-        stream: sample stream (0 = train, 1 = val, ...), so splits never share samples.
-    Returns:
-        (count, 3, size, size) uint8.
-    """
+    """(count, 3, size, size) uint8 images of the global synthetic class ``class_id`` (its
+    prototype drawn from ``seed``); ``stream`` (0 = train, 1 = val, ...) keeps splits apart."""
     g = _generator(seed, class_id)
     freq = 1.5 + 3.5 * torch.rand(components, generator=g)
     theta = math.pi * torch.rand(components, generator=g)

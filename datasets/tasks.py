@@ -13,10 +13,8 @@ def class_order(num_classes: int, seed: int, shuffle: bool = True) -> list[int]:
 
 
 def split_tasks(order: list[int], num_tasks: int) -> list[list[int]]:
-    """Cut the class order into ``num_tasks`` equal consecutive chunks.
-
-    The class at position j of task t gets the global label ``t * classes_per_task + j``.
-    """
+    """Cut the class order into ``num_tasks`` equal consecutive chunks; the class at position j
+    of task t gets the global label ``t * classes_per_task + j``."""
     if num_tasks < 1 or len(order) % num_tasks:
         raise ValueError(f"{len(order)} classes cannot be split into {num_tasks} equal tasks "
                          "(dataset.num_tasks must divide the class count)")

@@ -1,10 +1,7 @@
-"""Image transforms of the protocol (docs/protocol.md), parametrised by image size.
-
-Each transform ends either in ``output="float"``: ToTensor + Normalize (float32, what the
-model reads), or in ``output="uint8"``: the same pixels as a uint8 (C, H, W) tensor, to be
-normalised on the device by :class:`datasets.normalize.Uint8Normalize`, which gives
-bitwise the float result.
-"""
+"""Image transforms of the protocol (docs/protocol.md), parametrised by image size. Each ends
+either in ``output="float"``: ToTensor + Normalize (float32, what the model reads), or in
+``output="uint8"``: the same pixels as a uint8 (C, H, W) tensor, to be normalised on the device
+by :class:`datasets.normalize.Uint8Normalize`, which gives bitwise the float result."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -15,27 +12,18 @@ from torchvision.transforms import InterpolationMode
 
 _INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 _POLICY = {"imagenet": T.AutoAugmentPolicy.IMAGENET, "cifar10": T.AutoAugmentPolicy.CIFAR10}
-
-
 OUTPUTS = ("float", "uint8")
+EVAL_MODES = ("squash_crop", "shorter_side_crop", "resize")
 
 
-def _pil_tail(output: str, mean: Sequence[float], std: Sequence[float]) -> list:
-    """The last steps of a PIL transform: float (ToTensor, Normalize) or uint8 (PILToTensor)."""
-    if output == "float":
-        return [T.ToTensor(), T.Normalize(mean, std)]
+def _tail(output: str, mean: Sequence[float], std: Sequence[float], pil: bool = True) -> list:
+    """The last steps of a PIL (or, ``pil=False``, uint8-tensor) transform: ``float`` ends in
+    ToTensor (or a dtype conversion) + Normalize, ``uint8`` in PILToTensor (or nothing)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
     if output == "uint8":
-        return [T.PILToTensor()]
-    raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
-
-
-def _tensor_tail(output: str, mean: Sequence[float], std: Sequence[float]) -> list:
-    """The last steps of a uint8-tensor transform: float (convert, Normalize) or uint8 (none)."""
-    if output == "float":
-        return [T.ConvertImageDtype(torch.float32), T.Normalize(mean, std)]
-    if output == "uint8":
-        return []
-    raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
+        return [T.PILToTensor()] if pil else []
+    return [T.ToTensor() if pil else T.ConvertImageDtype(torch.float32), T.Normalize(mean, std)]
 
 
 def train_transform(img_size: int, policy: str, crop_interpolation: str,
@@ -44,22 +32,17 @@ def train_transform(img_size: int, policy: str, crop_interpolation: str,
     return T.Compose([
         T.AutoAugment(_POLICY[policy], interpolation=InterpolationMode.BILINEAR),
         T.RandomResizedCrop(img_size, interpolation=_INTERP[crop_interpolation], antialias=True),
-    ] + _pil_tail(output, mean, std))
-
-
-EVAL_MODES = ("squash_crop", "shorter_side_crop", "resize")
+    ] + _tail(output, mean, std))
 
 
 def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[float],
                    std: Sequence[float], output: str = "float") -> Callable:
     """The evaluation transform, antialiased, with the benchmark's ``interpolation``.
-
     ``squash_crop`` (official for ImageNet-R and DomainNet): both sides to
     ``img_size * 256 / 224`` (256 at 224 px; the aspect ratio is not kept), then a centre
     crop of ``img_size``. ``resize`` (official for CIFAR-100): both sides to ``img_size``.
     ``shorter_side_crop`` (not the official protocol; the usual ImageNet evaluation): the
-    shorter side to ``img_size * 256 / 224``, aspect ratio kept, then the centre crop.
-    """
+    shorter side to ``img_size * 256 / 224``, aspect ratio kept, then the centre crop."""
     interp = _INTERP[interpolation]
     outer = round(img_size * 256 / 224)
     if mode == "resize":
@@ -71,7 +54,7 @@ def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[
         ops = [T.Resize(outer, interpolation=interp, antialias=True), T.CenterCrop(img_size)]
     else:
         raise ValueError(f"unknown eval transform mode {mode!r}; known: {', '.join(EVAL_MODES)}")
-    return T.Compose(ops + _pil_tail(output, mean, std))
+    return T.Compose(ops + _tail(output, mean, std))
 
 
 def tensor_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
@@ -80,10 +63,10 @@ def tensor_train_transform(img_size: int, mean: Sequence[float], std: Sequence[f
     return T.Compose([
         T.RandomResizedCrop(img_size, scale=(0.7, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
-    ] + _tensor_tail(output, mean, std))
+    ] + _tail(output, mean, std, pil=False))
 
 
 def tensor_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
                           output: str = "float") -> Callable:
     return T.Compose([T.Resize((img_size, img_size), antialias=True)]
-                     + _tensor_tail(output, mean, std))
+                     + _tail(output, mean, std, pil=False))

@@ -2,13 +2,5 @@
 from .backbone import (ModelError, UnsupportedModelError, WeightsError, check_backbone,
                        create_backbone, file_sha256, hub_weights_file, load_backbone_weights,
                        load_error_reason, model_mean_std, pretrained_config, read_state_dict)
-from .continual_vit import ContinualViT
-from .heads import TaskHeads
+from .heads import ContinualViT, TaskHeads
 from .lora import LoRAQKV, inject_lora, kaiming_uniform_A, lora_parameters
-
-__all__ = [
-    "ContinualViT", "LoRAQKV", "ModelError", "TaskHeads", "UnsupportedModelError", "WeightsError",
-    "check_backbone", "create_backbone", "file_sha256", "hub_weights_file", "inject_lora", "kaiming_uniform_A",
-    "load_backbone_weights", "load_error_reason", "lora_parameters", "model_mean_std",
-    "pretrained_config", "read_state_dict",
-]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import stat
@@ -13,17 +12,14 @@ import timm
 import torch
 from torch import Tensor, nn
 
-
-log = logging.getLogger(__name__)
-
 SUPPORTED = ("SplitLoRA adapts timm Vision Transformers whose blocks compute q, k and v with one "
              "fused attn.qkv Linear layer (e.g. vit_base_patch16_224, deit_small_patch16_224, "
              "vit_small_patch14_dinov2)")
 
 
 class ModelError(RuntimeError):
-    """Base of this package's errors: a model or weights the run cannot use. The message says
-    what is wrong and how to fix it (the CLI prints it as one ``error:`` line)."""
+    """A model or weights the run cannot use; the message says what is wrong and how to fix it
+    (the CLI prints it as one ``error:`` line)."""
 
 
 class UnsupportedModelError(ModelError, ValueError):
@@ -32,6 +28,13 @@ class UnsupportedModelError(ModelError, ValueError):
 
 class WeightsError(ModelError):
     """Pretrained weights could not be found, read or matched to the model."""
+
+
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` that is not a regular file is, in words."""
+    return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
+            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+            stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -50,8 +53,7 @@ def load_error_reason(exc: BaseException) -> str:
     if found:
         return (f"it holds pickled Python objects ({found.group(1)}), not only tensors; they "
                 "are never executed or loaded")
-    found = re.search(r"Unsupported operand (\S+)", text)
-    if found or "Weights only load failed" in text:
+    if re.search(r"Unsupported operand (\S+)", text) or "Weights only load failed" in text:
         return "it is not a torch file of tensors (unreadable pickle data)"
     if "central directory" in text or "zip archive" in text:
         return "it is not a complete torch archive (truncated or damaged)"
@@ -61,20 +63,15 @@ def load_error_reason(exc: BaseException) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read weights without executing pickled code: safetensors, or torch.load(weights_only=True).
-
-    Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'.
-    """
+    Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
     except OSError:
         raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)") from None
     if not stat.S_ISREG(mode):
-        kind = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
-                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-                stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
-        raise WeightsError(f"model.pretrained_file {path} is {kind}; give the weights file "
-                           "(.safetensors or a torch state dict)")
+        raise WeightsError(f"model.pretrained_file {path} is {file_kind(mode)}; give the weights "
+                           "file (.safetensors or a torch state dict)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -95,33 +92,30 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local weights file into a timm ViT, ignoring classifier keys, strictly otherwise."""
     state = read_state_dict(path)
-    filter_fn = getattr(timm.models.vision_transformer, "checkpoint_filter_fn", None)
-    if filter_fn is not None and isinstance(model, timm.models.vision_transformer.VisionTransformer):
+    vit = timm.models.vision_transformer
+    if isinstance(model, vit.VisionTransformer):
         try:  # converts layouts and resamples position embeddings to the model's grid
-            state = filter_fn(state, model)
+            state = vit.checkpoint_filter_fn(state, model)
         except Exception as exc:  # noqa: BLE001
             raise WeightsError(f"weights file {path} does not fit model "
                                f"{type(model).__name__}: {exc}") from None
     state = {k: v for k, v in state.items() if not k.startswith("head.")}
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in state and not k.startswith("head."))
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                        for k in state if k in own and state[k].shape != own[k].shape)
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", mismatched)):
-            if keys:
-                parts.append(f"{label} ({len(keys)}): {', '.join(keys[:5])}"
-                             + (" ..." if len(keys) > 5 else ""))
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    problems = (("missing", sorted(k for k in own if k not in state and not k.startswith("head."))),
+                ("unexpected", sorted(k for k in state if k not in own)),
+                ("shape mismatch", sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                                          for k in mismatched)))
+    parts = [f"{label} ({len(keys)}): {', '.join(keys[:5])}" + (" ..." if len(keys) > 5 else "")
+             for label, keys in problems if keys]
+    if parts:
         raise WeightsError(f"weights file {path} does not match the configured model: "
                            + "; ".join(parts) + ". Check model.name and model.kwargs.")
     model.load_state_dict(state, strict=False)
 
 
 def pretrained_config(model_name: str):
-    """timm's pretrained config of ``model_name`` (the one lookup of it here); None if unknown."""
+    """timm's pretrained config of ``model_name``; None if unknown."""
     try:
         return timm.models.get_pretrained_cfg(model_name)
     except Exception:  # noqa: BLE001 - unknown names raise various types across timm versions
@@ -132,27 +126,21 @@ def model_mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...
     """Input normalisation of the model's pretrained weights (0.5 / 0.5 for the protocol's ViT;
     0.5 when timm has no config for the name)."""
     cfg = pretrained_config(model_name)
-    mean = tuple(getattr(cfg, "mean", None) or (0.5, 0.5, 0.5))
-    std = tuple(getattr(cfg, "std", None) or (0.5, 0.5, 0.5))
-    return mean, std
+    return (tuple(getattr(cfg, "mean", None) or (0.5, 0.5, 0.5)),
+            tuple(getattr(cfg, "std", None) or (0.5, 0.5, 0.5)))
 
 
 def hub_source(model_name: str) -> tuple[Optional[str], str]:
     """(Hugging Face repo id, file name) timm downloads for ``model_name`` (repo None if unknown)."""
     cfg = pretrained_config(model_name)
-    repo = getattr(cfg, "hf_hub_id", None)
-    name = getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
-    return repo, name
+    return getattr(cfg, "hf_hub_id", None), getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
 
 
 def hub_weights_file(model_name: str) -> Optional[str]:
     """The hub file in the local cache that timm loads for ``model_name`` (None when absent)."""
+    from huggingface_hub import try_to_load_from_cache  # a dependency of timm
     repo, name = hub_source(model_name)
     if not repo:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
         return None
     for candidate in (name, "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
         path = try_to_load_from_cache(repo, candidate)
@@ -187,29 +175,20 @@ def _qkv_layers(model: nn.Module) -> Optional[list[Optional[nn.Module]]]:
     return [getattr(getattr(b, "attn", None), "qkv", None) for b in blocks]
 
 
+@torch.random.fork_rng(devices=[])  # the run's random stream stays untouched
 def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, Any]] = None,
                    key: str = "model.name") -> None:
-    """Refuse a timm model the method cannot adapt, before any weights are read or downloaded.
-
-    The model is built on the meta device (no memory, no weights) with the run's arguments and
-    must be a ViT whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and
-    must still run once LoRA wraps those layers. Raises :class:`UnsupportedModelError` naming ``key``.
-    """
+    """Refuse a timm model the method cannot adapt, before any weights are read or downloaded:
+    built on the meta device (no memory, no weights) with the run's arguments, it must be a ViT
+    whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and must still run
+    once LoRA wraps those layers. Raises :class:`UnsupportedModelError` naming ``key``."""
+    from .lora import inject_lora
     extra = dict(kwargs or {}, num_classes=0)
     extra.setdefault("img_size", img_size)
     memo = repr((name, sorted(extra.items(), key=str)))
     if memo in _SUPPORTED_MODELS:
         return
     label = f"{key} {name!r}" if key.startswith("-") else f"{key} = {name!r}"
-    with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
-        _check_backbone(name, img_size, kwargs, extra, label)
-    _SUPPORTED_MODELS.add(memo)
-
-
-def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], extra: dict,
-                    label: str) -> None:
-    """:func:`check_backbone`'s work, on the meta device."""
-    from .lora import inject_lora
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False, **extra)
@@ -254,6 +233,7 @@ def _check_backbone(name: str, img_size: int, kwargs: Optional[dict[str, Any]], 
                                     f"qkv would not act. {SUPPORTED}")
     inject_lora(model, 1, ("k", "v"))
     _forward_or_refuse(model, x, f"{label} does not run with LoRA on attn.qkv", SUPPORTED)
+    _SUPPORTED_MODELS.add(memo)
 
 
 def _forward_or_refuse(model: nn.Module, x: Tensor, problem: str, advice: str = "") -> None:
@@ -269,17 +249,13 @@ def _forward_or_refuse(model: nn.Module, x: Tensor, problem: str, advice: str = 
 def check_hub_reachable(name: str) -> None:
     """Fail fast without internet: unless the hub weights of ``name`` are cached, one request
     (no retries) must reach the hub, else a :class:`WeightsError` says how to get the file."""
+    import huggingface_hub as hf  # a dependency of timm
+    from huggingface_hub.utils import HfHubHTTPError
     repo, fname = hub_source(name)
-    try:
-        import huggingface_hub as hf
-        from huggingface_hub.utils import HfHubHTTPError
-    except ImportError:
-        return
     if repo is None:
         return
     repo_id, _, revision = repo.partition("@")
-    names = dict.fromkeys([fname, "model.safetensors", "pytorch_model.bin"])
-    for f in names:
+    for f in dict.fromkeys([fname, "model.safetensors", "pytorch_model.bin"]):
         if isinstance(hf.try_to_load_from_cache(repo_id, f, revision=revision or None), str):
             return  # cached: the hub falls back to it at once when offline
     try:
@@ -296,36 +272,23 @@ def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optiona
                     img_size: int = 224, fused_attn: bool = True,
                     kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
     """A timm ViT with its classifier removed (``num_classes=0``); features = pooled tokens.
-
-    Weights: ``pretrained_file`` when given, else the hub when ``pretrained``, else random.
-    """
-    check_backbone(name, img_size, kwargs)
-    extra = dict(kwargs or {})
-    extra.update(num_classes=0)
-    if "img_size" not in extra:
-        extra["img_size"] = img_size
+    Weights: ``pretrained_file`` when given, else the hub when ``pretrained``, else random."""
+    check_backbone(name, img_size, kwargs)  # also refuses unknown names and models without blocks
+    extra = dict(kwargs or {}, num_classes=0)
+    extra.setdefault("img_size", img_size)
     use_hub = pretrained and not pretrained_file
     if use_hub:
         check_hub_reachable(name)
     try:
         model = timm.create_model(name, pretrained=use_hub, **extra)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise WeightsError(f"unknown timm model '{name}' (model.name); list them with "
-                               "timm.list_models('vit_*')") from None
-        raise
     except Exception as exc:  # noqa: BLE001 - hub/network failures come in many types
-        if not use_hub or isinstance(exc, (TypeError, KeyError)):
+        if not use_hub or isinstance(exc, (TypeError, KeyError, RuntimeError)):
             raise
         raise WeightsError(f"could not download the pretrained weights of '{name}' "
                            f"({type(exc).__name__}). " + offline_weights_help(name)) from None
     if pretrained_file:
         load_backbone_weights(model, pretrained_file)
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise WeightsError(f"timm model '{name}' has no transformer blocks; use a ViT")
-    for block in blocks:
-        attn = getattr(block, "attn", None)
-        if attn is not None and hasattr(attn, "fused_attn"):
-            attn.fused_attn = fused_attn
+    for block in model.blocks:  # check_backbone: every block has attn.qkv
+        if hasattr(block.attn, "fused_attn"):
+            block.attn.fused_attn = fused_attn
     return model

@@ -1,21 +1,20 @@
-"""One linear head per task: the current one trains alone, all of them are concatenated at
-evaluation (class-incremental: argmax over every class seen so far).
+"""The continual model (a timm ViT with LoRA-wrapped qkv projections) and its task heads.
 
-Starting weights (``init``):
-
-- ``official`` -- what the official code's head handling produces: task 0 timm's ViT head
-  init (truncated normal, std 0.02, bias 0); task 1 a copy of task 0's trained head (the
-  official code keeps its head when the next task has as many classes); tasks >= 2
-  PyTorch's default ``nn.Linear`` init (the official code re-creates the head).
-- ``fresh`` -- PyTorch's default ``nn.Linear`` init for every task (not the official code).
-"""
+One linear head per task: the current one trains alone, all of them are concatenated at
+evaluation (class-incremental: argmax over every class seen so far). Starting weights (``init``):
+``official`` -- what the official code's head handling produces: task 0 timm's ViT head init
+(truncated normal, std 0.02, bias 0); task 1 a copy of task 0's trained head (the official code
+keeps its head when the next task has as many classes); tasks >= 2 PyTorch's default
+``nn.Linear`` init (the official code re-creates the head). ``fresh`` -- PyTorch's default
+``nn.Linear`` init for every task (not the official code)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .lora import LoRAQKV, inject_lora
 
 HEAD_INITS = ("official", "fresh")
 
@@ -27,13 +26,6 @@ class TaskHeads(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.heads = nn.ModuleList()
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    @property
-    def num_classes(self) -> int:
-        return sum(h.out_features for h in self.heads)
 
     def add_head(self, num_classes: int, init: str = "fresh") -> nn.Linear:
         """Append the next task's head, initialised by ``init`` (see the module docstring)."""
@@ -49,10 +41,8 @@ class TaskHeads(nn.Module):
                 head.bias.zero_()
         elif init == "official" and task == 1 and self.heads[0].out_features == num_classes:
             head.load_state_dict(self.heads[0].state_dict())
-        if ref is not None:
-            head = head.to(ref.device)
-        self.heads.append(head)
-        return head
+        self.heads.append(head if ref is None else head.to(ref.device))
+        return self.heads[-1]
 
     def forward(self, features: Tensor, task: Optional[int] = None) -> Tensor:
         """(B, d) -> (B, classes of ``task``) or, when task is None, (B, all classes so far)."""
@@ -61,3 +51,27 @@ class TaskHeads(nn.Module):
         if task is not None:
             return self.heads[task](features)
         return torch.cat([h(features) for h in self.heads], dim=-1)
+
+
+class ContinualViT(nn.Module):
+    """``backbone`` (features of shape (B, d)) + LoRA on every block's qkv + task heads."""
+
+    def __init__(self, backbone: nn.Module, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
+        super().__init__()
+        self.backbone = backbone.requires_grad_(False)
+        self.adapters: list[LoRAQKV] = inject_lora(backbone, rank, targets)
+        self.heads = TaskHeads(backbone.num_features)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.backbone.blocks
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: Tensor, task: Optional[int] = None) -> Tensor:
+        return self.heads(self.backbone(x), task)
+
+    def merge_adapters(self) -> None:
+        for a in self.adapters:
+            a.merge()

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SLICES = ("q", "k", "v")
-
 log = logging.getLogger(__name__)
 
 
@@ -26,10 +25,8 @@ def kaiming_uniform_A(rank: int, dim: int, generator: Optional[torch.Generator] 
 
 
 class LoRAQKV(nn.Module):
-    """``base_layer(x)`` plus a rank-r update on the target slices of its output.
-
-    Shapes: base_layer Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r).
-    """
+    """``base_layer(x)`` plus a rank-r update on the target slices of its output. Shapes:
+    base_layer Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r)."""
 
     def __init__(self, base_layer: nn.Linear, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
         super().__init__()
@@ -37,11 +34,8 @@ class LoRAQKV(nn.Module):
             raise TypeError(f"expected a fused qkv nn.Linear, got {base_layer}")
         if not targets or any(t not in SLICES for t in targets):
             raise ValueError(f"LoRA targets must be among {SLICES}, got {list(targets)}")
-        self.base_layer = base_layer
-        self.targets = tuple(targets)
-        self.rank = rank
-        self.in_features = base_layer.in_features
-        self.width = base_layer.out_features // 3
+        self.base_layer, self.targets, self.rank = base_layer, tuple(targets), rank
+        self.in_features, self.width = base_layer.in_features, base_layer.out_features // 3
         w, n = base_layer.weight, len(self.targets)
         self.lora_A = nn.Parameter(w.new_zeros(n, rank, self.in_features), requires_grad=False)
         self.lora_B = nn.Parameter(w.new_zeros(n, self.width, rank))
@@ -61,15 +55,10 @@ class LoRAQKV(nn.Module):
     def _stacked_B(self) -> Tensor:
         """(3w, n r): each target's B at its slice rows and rank columns (one matmul for all)."""
         n, w, r = self.lora_B.shape
-        blocks = []
-        for s in SLICES:
-            if s in self.targets:
-                i = self.targets.index(s)
-                blocks.append(torch.cat([self.lora_B.new_zeros(w, i * r), self.lora_B[i],
-                                         self.lora_B.new_zeros(w, (n - 1 - i) * r)], dim=1))
-            else:
-                blocks.append(self.lora_B.new_zeros(w, n * r))
-        return torch.cat(blocks, dim=0)
+        out = self.lora_B.new_zeros(3 * w, n * r)
+        for i, t in enumerate(self.targets):
+            out[self.slice_rows(t), i * r:(i + 1) * r] = self.lora_B[i]
+        return out
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
@@ -111,8 +100,8 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
         if not isinstance(qkv, nn.Linear):
             raise TypeError(f"block {i} has no fused attn.qkv Linear (found {type(qkv).__name__}); "
                             "only ViTs with a fused qkv projection are supported")
-        block.attn.qkv = LoRAQKV(qkv, rank, targets)
-        wrappers.append(block.attn.qkv)
+        wrappers.append(LoRAQKV(qkv, rank, targets))
+        block.attn.qkv = wrappers[-1]
     width = min(wrappers[0].in_features, wrappers[0].width) if wrappers else 0
     if wrappers and rank >= width:
         log.warning("lora.rank = %d is not below the width %d of the qkv layers: the adapters are "
