@@ -33,6 +33,7 @@ import re
 import shlex
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -164,7 +165,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_dir(Path(args.output).expanduser())
 
 
-def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
+def build_plan(args: argparse.Namespace, published: dict, gpus: int) -> list[Run]:
     suites, settings = published["suites"], published["settings"]
     if args.suite not in suites:
         raise ConfigError(f"unknown --suite {args.suite!r}; known: {', '.join(suites)}")
@@ -185,7 +186,6 @@ def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
                                 ("imagenet-r", args.imagenet_r_root),
                                 ("domainnet", args.domainnet_root)) if flag or args.data_root}
     out = absolute(args.output)
-    gpus = args.gpus_per_run if args.gpus_per_run is not None else int(args.suite != "demo")
     plan = []
     for name in names:
         s = settings[name]
@@ -203,7 +203,7 @@ def build_plan(args: argparse.Namespace, published: dict) -> list[Run]:
             for seed in args.seeds:
                 plan.append(Run(name, method, seed, REPO / "configs" / s["config"],
                                 run_dir / f"seed{seed}", overrides + method_set + args.overrides,
-                                dict(s["paper"].get(method) or {}), data_root, max(gpus, 1)))
+                                dict(s["paper"].get(method) or {}), data_root, gpus))
     return plan
 
 
@@ -270,23 +270,23 @@ def gpu_slots(spec: Optional[str], cpu_jobs: int, per_run: int, dry_run: bool) -
 
 
 def print_plan(plan: list[Run], slots: list[str]) -> None:
-    todo = [r for r in plan if r.status in ("missing", "stopped", "failed")]
+    todo = [r for r in plan if r.status in launch.TO_RUN]
     width = max(len(r.setting) for r in plan), max(len(r.method) for r in plan)
     for run in plan:
         slot = slots[todo.index(run) % len(slots)] if run in todo else "-"
-        env = "" if slot in ("cpu", "-", "slurm") else \
-            f"CUDA_VISIBLE_DEVICES={launch.cuda_visible(slot)} "
-        device = slot if slot in ("cpu", "-", "slurm") else f"cuda:{slot}"
-        print(f"{run.setting:<{width[0]}}  {run.method:<{width[1]}}  seed {run.seed}  {device:<7} "
-              f"{run.status:<8} {run.out_dir}  {env}{shlex.join(run.command())}"
-              + (f"  [{run.detail}]" if run.detail else ""))
+        gpu = slot not in ("cpu", "-", "slurm")
+        env = f"CUDA_VISIBLE_DEVICES={launch.cuda_visible(slot)} " if gpu else ""
+        print(f"{run.setting:<{width[0]}}  {run.method:<{width[1]}}  seed {run.seed}  "
+              f"{'cuda:' + slot if gpu else slot:<7} {run.status:<8} {run.out_dir}  "
+              f"{env}{shlex.join(run.command())}" + (f"  [{run.detail}]" if run.detail else ""))
 
 
 def summarize(plan: list[Run], args: argparse.Namespace, published: dict) -> str:
+    """Write the suite's table from the runs that finished; returns its Markdown."""
     suite = published["suites"][args.suite]
     rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
-    return write_summary(rows, Path(args.output), SUITE_TITLES.get(args.suite, args.suite),
-                         suite["table"], suite.get("paper_columns", True))
+    return "\n" + write_summary(rows, Path(args.output), SUITE_TITLES.get(args.suite, args.suite),
+                                suite["table"], suite.get("paper_columns", True))
 
 
 def report_states(plan: list[Run]) -> int:
@@ -298,20 +298,17 @@ def report_states(plan: list[Run]) -> int:
     return sum(r.status == "failed" for r in plan)
 
 
-def slurm_options(args: argparse.Namespace, gpus: int) -> dict:
+def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -> None:
+    """Submit the runs as one Slurm job array (and with ``--wait``, wait for it)."""
     options = {"job_name": f"splitlora-{args.suite}", "time": launch.slurm_minutes(args.time),
                "array_parallelism": args.max_running, "stderr_to_stdout": True,
                "signal_delay_s": 120, "ntasks_per_node": 1, "partition": args.partition,
                "mem": args.mem, "cpus_per_task": args.cpus_per_run, "account": args.account,
                "qos": args.qos, "gpus_per_node": gpus or None,
                "additional_parameters": dict(o.split("=", 1) for o in args.sbatch)}
-    return {k: v for k, v in options.items() if v not in (None, {})}
-
-
-def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -> Optional[int]:
-    """Submit the runs to Slurm; an exit status, or None to go on (``--wait``: all ended)."""
     try:
-        ids = launch.submit_slurm(plan, folder, slurm_options(args, gpus))
+        ids = launch.submit_slurm(plan, folder, {k: v for k, v in options.items()
+                                                 if v not in (None, {})})
     except ImportError:
         raise UserError("--launcher slurm needs the submitit package: pip install -r "
                         "requirements-extra.txt (or pip install submitit)") from None
@@ -322,11 +319,8 @@ def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -
     print(f"{len(ids)} run(s) submitted as Slurm job {', '.join(jobs) or '-'} (logs in {folder}); "
           "watch them with: squeue -u $USER; see the results so far: the same command with "
           "--summarize", flush=True)
-    if not args.wait:
-        return 0
-    launch.wait_slurm(folder)
-    launch.update_states(plan, {}, folder)
-    return None
+    while args.wait and launch.slurm_queue(folder):
+        time.sleep(2 if args.suite == "demo" else 30)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -334,69 +328,71 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.output).expanduser()
     slurm_dir = out.absolute() / "slurm"
     gpus = args.gpus_per_run if args.gpus_per_run is not None else int(args.suite != "demo")
+    received: list[int] = []
     try:
         check_args(args)
         published = load_published()
         suite = published["suites"].get(args.suite, {})
-        plan = build_plan(args, published)
+        plan = build_plan(args, published, max(gpus, 1))
         launch.update_states(plan, launch.slurm_queue(slurm_dir), slurm_dir)
-        if args.summarize:
-            print(summarize(plan, args, published))
-            print(f"written: {out / (suite['table'] + '.md')}")
-            return 1 if report_states(plan) else 0
-        slots = ["slurm"] if args.launcher == "slurm" else gpu_slots(
-            args.gpus if args.gpus is not None or args.suite != "demo" else "cpu",
-            args.cpu_jobs, max(gpus, 1), args.dry_run)
-        for run in plan:
-            run.gpus = 1 if slots[0] == "cpu" else max(gpus, 1)
-        problems = check_data(plan)
-        if args.dry_run:
-            print_plan(plan, slots)
-            for p in problems:
-                print(f"warning: data not ready:\n{p}")
-            return 0
-        conflicts = [r for r in plan if r.status == "conflict"]
-        if conflicts:
-            raise UserError("these run directories hold complete results of a different config "
-                            "(use another --output):\n" + "\n".join(f"  {r.out_dir}" for r in conflicts))
-        if problems:
-            raise UserError("data roots missing or not in the expected layout; nothing was "
-                            "started:\n" + "\n".join(problems))
-        busy = [r for r in plan if r.status in ("running", "queued")]
-        for run in busy:
-            print(f"note: {run.name} is {run.status} ({run.detail or 'its lock is held'}); not "
-                  "started again", file=sys.stderr)
-        done = sum(r.status == "done" for r in plan)
-        if args.launcher == "slurm":
-            code = submit(plan, args, slurm_dir, gpus)
-            if code is not None:
-                return code
-            received: list[int] = []
-        else:
-            print(f"{len(plan)} runs: {done} already done, {len(plan) - done - len(busy)} to run on "
-                  f"{', '.join('cpu' if s == 'cpu' else 'cuda:' + s for s in slots)}", flush=True)
-            with launch.SignalRelay() as relay:  # no signal cuts the summary's writes short
-                stopped_by = launch.run_local(plan, slots, relay)
-                received = relay.received
-                if stopped_by is not None:
-                    stopped = sum(r.status == "interrupted" for r in plan)
-                    print(f"interrupted by {signal.Signals(stopped_by).name}: {stopped} run(s) "
-                          "stopped, finished runs are kept; run the same command again to "
-                          "continue (each stopped run resumes from its last completed task)",
-                          file=sys.stderr)
-                    return 128 + stopped_by
-                md = summarize(plan, args, published)
-        if args.launcher == "slurm":
+        if not args.summarize:
+            slots = ["slurm"] if args.launcher == "slurm" else gpu_slots(
+                args.gpus if args.gpus is not None or args.suite != "demo" else "cpu",
+                args.cpu_jobs, max(gpus, 1), args.dry_run)
+            for run in plan:
+                run.gpus = 1 if slots[0] == "cpu" else max(gpus, 1)
+            problems = check_data(plan)
+            if args.dry_run:
+                print_plan(plan, slots)
+                for p in problems:
+                    print(f"warning: data not ready:\n{p}")
+                return 0
+            conflicts = [f"  {r.out_dir}" for r in plan if r.status == "conflict"]
+            if conflicts:
+                raise UserError("these run directories hold complete results of a different "
+                                "config (use another --output):\n" + "\n".join(conflicts))
+            if problems:
+                raise UserError("data roots missing or not in the expected layout; nothing was "
+                                "started:\n" + "\n".join(problems))
+            for run in plan:
+                if run.status in ("running", "queued"):
+                    print(f"note: {run.name} is {run.status} ({run.detail or 'its lock is held'})"
+                          "; not started again", file=sys.stderr)
+            if args.launcher == "slurm":
+                submit(plan, args, slurm_dir, gpus)
+                if not args.wait:
+                    return 0
+                launch.update_states(plan, {}, slurm_dir)
+            else:
+                done = sum(r.status == "done" for r in plan)
+                print(f"{len(plan)} runs: {done} already done, "
+                      f"{sum(r.status in launch.TO_RUN for r in plan)} to run on "
+                      f"{', '.join('cpu' if s == 'cpu' else 'cuda:' + s for s in slots)}",
+                      flush=True)
+                with launch.SignalRelay() as relay:  # no signal cuts the tables' writes short
+                    stopped_by = launch.run_local(plan, slots, relay)
+                    received = relay.received
+                    if stopped_by is not None:
+                        print(f"interrupted by {signal.Signals(stopped_by).name}: "
+                              f"{sum(r.status == 'interrupted' for r in plan)} run(s) stopped, "
+                              "finished runs are kept; run the same command again to continue "
+                              "(each stopped run resumes from its last completed task)",
+                              file=sys.stderr)
+                        return 128 + stopped_by
+                    md = summarize(plan, args, published)
+        if args.summarize or args.launcher == "slurm":
             md = summarize(plan, args, published)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("\n" + md)
+    print(md)
     print(f"written: {out / (suite['table'] + '.md')}, {out / (suite['table'] + '.csv')}")
     if received:
         print(f"received {signal.Signals(received[0]).name} after every run had finished; "
               "the results above are complete", file=sys.stderr)
         return 128 + received[0]
+    if args.summarize:
+        return 1 if report_states(plan) else 0
     failed = [r for r in plan if r.status == "failed"]
     if failed:
         print(f"{len(failed)} run(s) failed:", file=sys.stderr)

@@ -1,11 +1,11 @@
 """Launching a suite's runs: on this machine, or on a Slurm cluster through submitit.
 
 Either way a run is the same ``main.py`` command in its own run directory (lock, resume and
-all), its output appended to ``<run dir>/console.txt``, followed by a line saying how it
-ended. Locally: one run per device slot (a GPU group, or CPU), a queue over the rest; the runs
-die with this process (even a SIGKILL of it) and a stop signal is passed on to them. On Slurm:
-one job per run, one job array per invocation; a job that reaches its time limit or is
-preempted is requeued (submitit's checkpoint hook) and continues from its last completed task.
+all), its output appended to ``<run dir>/console.txt`` with a last line saying how it ended.
+Locally: one run per device slot (a GPU group, or CPU), a queue over the rest; the runs end
+with this process (even a SIGKILL of it) and a stop signal is passed on to them. On Slurm: one
+job per run, one job array per invocation; a job at its time limit or preempted is requeued
+(submitit's checkpoint hook) and continues from its last completed task.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .rundir import LOCK, read_config, run_status
 
 REPO = Path(__file__).resolve().parents[2]
 EXIT_LINE = "[reproduce] main.py exited with status "
-STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP is passed on as SIGTERM
+TO_RUN = ("missing", "stopped", "failed")
 
 
 @dataclass
@@ -46,24 +46,20 @@ class Run:
     status: str = "missing"
     detail: str = ""
 
-    def command(self) -> list[str]:
-        launcher = [sys.executable]
-        if self.gpus > 1:  # one data-parallel process per GPU of the slot
-            launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                         str(self.gpus)]
-        cmd = launcher + [str(REPO / "main.py"), "--config", str(self.config), "--seed",
-                          str(self.seed), "--output", str(self.out_dir), "--no-progress"]
-        for o in self.overrides:
-            cmd += ["--set", o]
-        return cmd
-
     @property
     def name(self) -> str:
         return f"{self.setting}/{self.method}/seed{self.seed}"
 
+    def command(self) -> list[str]:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(self.gpus)] if self.gpus > 1 else []
+        return [sys.executable, *torchrun, str(REPO / "main.py"), "--config", str(self.config),
+                "--seed", str(self.seed), "--output", str(self.out_dir), "--no-progress",
+                *[x for o in self.overrides for x in ("--set", o)]]
+
 
 def is_running(run_dir: Path) -> bool:
-    """Whether a live process holds the run directory's lock (without creating anything)."""
+    """Whether a live process holds the run directory's lock (nothing is created)."""
     import fcntl
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
@@ -71,61 +67,50 @@ def is_running(run_dir: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
     except OSError as exc:
         return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
     finally:
         os.close(fd)
-    return False
 
 
 def last_exit(run_dir: Path) -> Optional[int]:
     """The exit status the launcher recorded for the run's last session (None if none)."""
     try:
         with open(Path(run_dir) / "console.txt", "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 65536))
-            tail = f.read().decode("utf-8", "replace")
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+            lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
+                     if ln.startswith(EXIT_LINE)]
     except OSError:
         return None
-    lines = [ln for ln in tail.splitlines() if ln.startswith(EXIT_LINE)]
     return int(lines[-1][len(EXIT_LINE):].split()[0]) if lines else None
 
 
-def slurm_log(folder: Path, job_id: str) -> Optional[Path]:
-    """submitit's log of a Slurm job when it says the job failed outside main.py."""
-    log = folder / job_id / f"{job_id}_0_log.out"
-    try:
-        text = log.read_text(errors="replace")[-100_000:]
-    except OSError:
-        return None
-    return log if "triggered an exception" in text or "Traceback" in text else None
-
-
-def update_states(plan: list[Run], queued: dict[str, str], slurm_folder: Optional[Path] = None) -> None:
-    """Each run's state from its directory alone (any machine that sees it): done, conflict,
-    running (its lock is held), queued (a Slurm job waits for it), failed (its last session
-    ended with an error: ``detail`` names the log that says why), stopped (interrupted,
-    resumable) or missing (never started)."""
+def update_states(plan: list[Run], queued: dict[str, str], slurm: Optional[Path] = None) -> None:
+    """Each run's state from its directory (any machine that sees it): done, conflict, running
+    (its lock is held), queued (a Slurm job waits), failed (its last session ended with an
+    error: ``detail`` names the log that says why), stopped (resumable) or missing."""
     from .config import load_config
+    jobs = read_json(slurm / "jobs.json") if slurm else {}
     for run in plan:
         cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
-        run.method = cfg.method.name
-        run.status, run.detail = run_status(run.out_dir, cfg), ""
+        run.method, run.detail = cfg.method.name, ""
+        run.status = run_status(run.out_dir, cfg)
         if run.status == "conflict":
             run.detail = "holds complete results of a different config"
         if run.status != "missing":
             continue
-        code = last_exit(run.out_dir)
-        job = read_json(slurm_folder / "jobs.json").get(str(run.out_dir)) if slurm_folder else None
-        failed_job = slurm_log(slurm_folder, job) if job and code is None else None
+        code, job = last_exit(run.out_dir), jobs.get(str(run.out_dir))
+        job_log = slurm / job / f"{job}_0_log.out" if job else None
         if is_running(run.out_dir):
             run.status = "running"
         elif str(run.out_dir) in queued:
             run.status, run.detail = "queued", f"Slurm job {queued[str(run.out_dir)]}"
-        elif code is not None and code not in (0, 130, -signal.SIGTERM, 128 + signal.SIGTERM):
+        elif code not in (None, 0, 130, -signal.SIGTERM, 128 + signal.SIGTERM):
             run.status, run.detail = "failed", f"exit {code}; see {run.out_dir / 'console.txt'}"
-        elif failed_job is not None:
-            run.status, run.detail = "failed", f"Slurm job {job} failed; see {failed_job}"
+        elif code is None and job_log and "Traceback" in (
+                job_log.read_text(errors="replace") if job_log.is_file() else ""):
+            run.status, run.detail = "failed", f"Slurm job {job} failed; see {job_log}"
         elif code is not None or read_config(run.out_dir / "config.yaml") is not None:
             run.status = "stopped"
 
@@ -138,16 +123,14 @@ def _die_with_parent() -> None:
         pass  # not Linux: the runs may outlive a killed parent
 
 
-def start(run: Run, env: dict, die_with_parent: bool = True) -> tuple[subprocess.Popen, object]:
-    """Start ``run``'s main.py, its output appended to its console.txt."""
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    console = open_append_no_follow(run.out_dir / "console.txt")
+def start(command: list[str], run_dir: Path, env: dict) -> tuple[subprocess.Popen, object]:
+    """Start a run's main.py, its output appended to its console.txt (never through a link)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console = open_append_no_follow(run_dir / "console.txt")
     console.write(f"[reproduce] {time.strftime('%Y-%m-%dT%H:%M:%S')} start\n")
     console.flush()
-    proc = subprocess.Popen(run.command(), stdout=console, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True,
-                            preexec_fn=_die_with_parent if die_with_parent else None)
-    return proc, console
+    return subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent), console
 
 
 def finish(console, code: int) -> None:
@@ -156,70 +139,22 @@ def finish(console, code: int) -> None:
 
 
 class SignalRelay:
-    """While active, the stop signals are recorded instead of stopping this process, so that
-    the runs can be told and waited for. A signal ignored at start (nohup) stays ignored."""
+    """While active, SIGINT, SIGTERM and SIGHUP are recorded instead of stopping this process,
+    so that the runs can be told and waited for. A signal ignored at start stays ignored."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "SignalRelay":
-        for name in STOP_SIGNALS:
-            sig = getattr(signal, name)
-            if signal.getsignal(sig) is not signal.SIG_IGN:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. under nohup
                 self._previous[sig] = signal.signal(sig, lambda s, f: self.received.append(s))
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[int]:
-    """Run the pending runs in plan order, one per slot at a time. On a stop signal no new
-    run starts and the running ones get it (SIGHUP as SIGTERM); a second signal kills them.
-    Returns the stop signal, or None."""
-    todo = deque(r for r in plan if r.status in ("missing", "stopped", "failed"))
-    live: dict[str, tuple[Run, subprocess.Popen, object, float]] = {}
-    stopped_by: Optional[int] = None
-    while todo or live:
-        if relay.received and stopped_by is None:
-            stopped_by = relay.received[0]
-            fwd = signal.SIGTERM if stopped_by == signal.SIGHUP else stopped_by
-            for _, proc, _, _ in live.values():
-                proc.send_signal(fwd)
-            print(f"received {signal.Signals(stopped_by).name}: no new run starts; waiting for "
-                  f"{len(live)} running run(s) to stop (a second signal kills them)",
-                  file=sys.stderr, flush=True)
-        elif len(relay.received) > 1:
-            for _, proc, _, _ in live.values():
-                proc.kill()
-        free = [i for i, _ in enumerate(slots) if str(i) not in live]
-        while todo and free and stopped_by is None:
-            i = free.pop(0)
-            run = todo.popleft()
-            env = dict(os.environ)
-            if slots[i] != "cpu":
-                env["CUDA_VISIBLE_DEVICES"] = cuda_visible(slots[i])
-            elif len(slots) > 1:  # share the cores between concurrent CPU runs
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
-            print(f"[start] {run.name} on {'cpu' if slots[i] == 'cpu' else 'cuda:' + slots[i]} "
-                  f"-> {run.out_dir}", flush=True)
-            proc, console = start(run, env)
-            live[str(i)] = (run, proc, console, time.time())
-        for key, (run, proc, console, t0) in list(live.items()):
-            code = proc.poll()
-            if code is None:
-                continue
-            finish(console, code)
-            del live[key]
-            done = code == 0 and read_json(run.out_dir / "metrics.json").get("complete")
-            run.status = "done" if done else "interrupted" if stopped_by else "failed"
-            print(f"[{run.status}] {run.name} in {(time.time() - t0) / 60:.1f} min"
-                  + ("" if done else " (resumes from its last completed task)" if stopped_by
-                     else f" (exit {code}; see {run.out_dir / 'console.txt'})"), flush=True)
-        time.sleep(0.1)
-    return stopped_by
 
 
 def cuda_visible(slot: str) -> str:
@@ -232,31 +167,76 @@ def cuda_visible(slot: str) -> str:
     return ",".join(entries[int(i)] if int(i) < len(entries) else i for i in slot.split(","))
 
 
+def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[int]:
+    """Run the runs to run in plan order, one per slot at a time. On a stop signal no new run
+    starts and the running ones get it (SIGHUP as SIGTERM); a second signal kills them.
+    Returns the stop signal, or None."""
+    todo = deque(r for r in plan if r.status in TO_RUN)
+    live: dict[int, tuple[Run, subprocess.Popen, object, float]] = {}
+    stopped_by: Optional[int] = None
+    while todo or live:
+        if relay.received and stopped_by is None:
+            stopped_by = relay.received[0]
+            for _, proc, _, _ in live.values():
+                proc.send_signal(signal.SIGTERM if stopped_by == signal.SIGHUP else stopped_by)
+            print(f"received {signal.Signals(stopped_by).name}: no new run starts; waiting for "
+                  f"{len(live)} running run(s) to stop (a second signal kills them)",
+                  file=sys.stderr, flush=True)
+        elif len(relay.received) > 1:
+            for _, proc, _, _ in live.values():
+                proc.kill()
+        for i in [i for i in range(len(slots)) if i not in live]:
+            if not todo or stopped_by is not None:
+                break
+            run, env = todo.popleft(), dict(os.environ)
+            if slots[i] != "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = cuda_visible(slots[i])
+            elif len(slots) > 1:  # share the cores between concurrent CPU runs
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(slots)))
+            print(f"[start] {run.name} on {'cpu' if slots[i] == 'cpu' else 'cuda:' + slots[i]} "
+                  f"-> {run.out_dir}", flush=True)
+            live[i] = (run, *start(run.command(), run.out_dir, env), time.time())
+        for i, (run, proc, console, t0) in list(live.items()):
+            if proc.poll() is None:
+                continue
+            finish(console, proc.returncode)
+            del live[i]
+            done = proc.returncode == 0 and read_json(run.out_dir / "metrics.json").get("complete")
+            run.status = "done" if done else "interrupted" if stopped_by else "failed"
+            print(f"[{run.status}] {run.name} in {(time.time() - t0) / 60:.1f} min"
+                  + ("" if done else " (resumes from its last completed task)" if stopped_by
+                     else f" (exit {proc.returncode}; see {run.out_dir / 'console.txt'})"),
+                  flush=True)
+        time.sleep(0.1)
+    return stopped_by
+
+
 # --------------------------------------------------------------------------- Slurm
 
 class MainJob:
-    """A Slurm job's body (submitit pickles it): run one ``main.py`` command. When Slurm
-    signals the time limit or a preemption, submitit calls :meth:`checkpoint`, which requeues
-    the job, unless three attempts in a row completed no task (a task longer than the time
-    limit is not requeued forever). A run that fails (bad data, bad config) raises: the job
-    fails and is not requeued."""
+    """A Slurm job's body (submitit pickles it): run one ``main.py`` command. At the time limit
+    or a preemption submitit calls :meth:`checkpoint`, which requeues the job unless three
+    attempts in a row completed no task (a task longer than the limit is not requeued
+    forever). A run that fails (bad data, bad config) raises: a failed job, not requeued."""
 
     def __init__(self, idle_attempts: int = 0) -> None:
-        self.idle_attempts = idle_attempts  # attempts in a row that completed no task
+        self.idle_attempts = idle_attempts
+
+    @staticmethod
+    def _tasks_done(run_dir: str) -> int:
+        return int(read_json(Path(run_dir) / "metrics.json").get("tasks_done") or 0)
 
     def __call__(self, command: list[str], run_dir: str) -> int:
         self.tasks_at_start = self._tasks_done(run_dir)
         env = dict(os.environ)
         if os.environ.get("SLURM_CPUS_PER_TASK"):
             env.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
-        run = Run("", "", 0, Path(), Path(run_dir), [])
-        run.command = lambda: command  # type: ignore[method-assign]
-        # Slurm signals every process of the job; main.py must not die of submitit's SIGUSR2
+        # Slurm signals every process of the job: main.py must not die of submitit's SIGUSR2
         old = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        proc, console = start(run, env)
+        proc, console = start(command, Path(run_dir), env)
         signal.signal(signal.SIGUSR2, old)
         try:
-            code = proc.wait()
+            proc.wait()
         finally:  # a requeue exits this process: main.py stops cleanly first (SIGTERM)
             if proc.poll() is None:
                 proc.terminate()
@@ -265,13 +245,10 @@ class MainJob:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             finish(console, proc.wait())
-        if code != 0:
-            raise RuntimeError(f"main.py exited with status {code}; see {run_dir}/console.txt")
-        return code
-
-    @staticmethod
-    def _tasks_done(run_dir: str) -> int:
-        return int(read_json(Path(run_dir) / "metrics.json").get("tasks_done") or 0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"main.py exited with status {proc.returncode}; see "
+                               f"{run_dir}/console.txt")
+        return 0
 
     def checkpoint(self, command: list[str], run_dir: str):
         import submitit
@@ -284,28 +261,27 @@ class MainJob:
 
 
 def slurm_minutes(text: str) -> int:
-    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in whole minutes (>= 1);
+    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in minutes (>= 1);
     ValueError for anything else."""
     days, dash, rest = text.partition("-") if "-" in text else ("0", "", text)
     parts = [int(p) for p in rest.split(":")]
-    if len(parts) > 3 or any(p < 0 for p in parts) or int(days) < 0:
+    if len(parts) > 3 or min(parts + [int(days)]) < 0:
         raise ValueError(text)
     if dash:  # D-H[:M[:S]]
         h, m, s = (parts + [0, 0])[:3]
     else:  # M, M:S or H:M:S
-        h, m, s = [0] * (3 - len(parts)) + parts if len(parts) == 3 else (0, *(parts + [0])[:2])
+        h, m, s = parts if len(parts) == 3 else (0, *(parts + [0])[:2])
     return max(1, int(days) * 1440 + h * 60 + m + (s + 59) // 60)
 
 
 def submit_slurm(plan: list[Run], folder: Path, options: dict) -> dict[str, str]:
-    """Submit the pending runs as one job array; returns {run dir: job id} (also merged into
-    ``folder/jobs.json``, which ``--summarize`` reads)."""
+    """Submit the runs to run as one job array; returns {run dir: job id}, also merged into
+    ``folder/jobs.json`` (what ``--summarize`` reads)."""
     import submitit
-    todo = [r for r in plan if r.status in ("missing", "stopped", "failed")]
+    todo = [r for r in plan if r.status in TO_RUN]
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=1000)
-    path = f"{REPO}" + os.pathsep + os.environ.get("PYTHONPATH", "")  # the job imports this code
-    executor.update_parameters(setup=[f"export PYTHONPATH={shlex.quote(path.rstrip(os.pathsep))}"],
-                               **options)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    executor.update_parameters(setup=[f"export PYTHONPATH={shlex.quote(path)}"], **options)
     jobs = executor.map_array(MainJob(), [r.command() for r in todo],
                               [str(r.out_dir) for r in todo]) if todo else []
     ids = {str(r.out_dir): j.job_id for r, j in zip(todo, jobs)}
@@ -316,16 +292,9 @@ def submit_slurm(plan: list[Run], folder: Path, options: dict) -> dict[str, str]
 def slurm_queue(folder: Path) -> dict[str, str]:
     """{run dir: job id} of this output's jobs that Slurm still holds (pending or running)."""
     jobs = read_json(folder / "jobs.json")
-    if not jobs:
-        return {}
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(set(jobs.values()))],
-                             capture_output=True, text=True, timeout=60).stdout.split()
+                             capture_output=True, text=True, timeout=60).stdout.split() if jobs else []
     except (OSError, subprocess.SubprocessError):
         return {}
     return {d: j for d, j in jobs.items() if j in out}
-
-
-def wait_slurm(folder: Path, poll_s: float = 10.0) -> None:
-    while slurm_queue(folder):
-        time.sleep(poll_s)
