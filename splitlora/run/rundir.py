@@ -1,20 +1,15 @@
 """The run directory and every guarantee about it, in one place.
 
-- **One writer.** ``flock`` on ``<run dir>/.lock``, held from before the directory is read until
-  the process exits; the kernel releases it however the holder ends, so a dead holder's lock
-  is taken over. The file records the holder (pid, host, start time, command) for the message
-  a refused process prints. Reliable on local file systems; on a network file system without
-  ``flock`` two machines writing one run directory are not detected.
-- **Exact resume, same config and data.** A directory holding a run of another config is
-  refused (keys absent from the stored config count at their defaults; ``RESUMABLE_KEYS`` may
-  change); a checkpoint is accepted only with the same config, backbone weights and data
-  (class names per task, image counts per class, the sorted file lists).
-- **Nothing lost.** Files are written atomically (``fileio``); ``--force`` moves the previous
-  run's files into ``replaced-<UTC time>/``; a run refused before it wrote anything leaves
-  nothing behind (not even the lock file or the folders it created); no file of the run is
-  written through a symbolic link.
-- **Untrusted files read safely.** A checkpoint is read with ``torch.load(weights_only=True)``:
-  no pickled code ever runs.
+- **One writer**: ``flock`` on ``<run dir>/.lock`` from before the directory is read until the
+  process exits, however it exits (a dead holder's lock is taken over); the file names the
+  holder for the message a refused process prints. On a network file system without
+  ``flock``, two machines writing one run directory are not detected.
+- **Exact resume, same config and data**: a directory holding a run of another config is
+  refused (keys absent from its config.yaml count at their defaults; ``RESUMABLE_KEYS`` may
+  change); a checkpoint is accepted only with the same config, backbone weights and data.
+- **Nothing lost**: atomic writes; ``--force`` moves the previous files aside; a run refused
+  before it wrote anything leaves nothing behind; no file of the run is written through a link.
+- **Untrusted files read safely**: ``torch.load(weights_only=True)``, no pickled code runs.
 """
 from __future__ import annotations
 
@@ -139,14 +134,11 @@ class RunState:
 
 
 class RunDir:
-    """A run directory held by this process (a context manager: ``with RunDir(...).open(...)``).
-
-    ``open()`` checks the path, takes the lock and decides what the directory holds for
-    ``cfg`` (:class:`RunState`), refusing what cannot be continued; ``begin()`` marks the start
-    of writing (``--force`` sets the previous run aside, ``config.yaml`` is written); the
-    ``write_*`` / ``save_checkpoint`` methods write atomically; ``close()`` releases the lock,
-    and removes what ``open()`` created when the run never began.
-    """
+    """A run directory held by this process. ``open()`` checks the path, takes the lock and
+    decides what the directory holds for ``cfg`` (:class:`RunState`), refusing what cannot be
+    continued; ``begin()`` starts writing (``--force`` sets the previous run aside, config.yaml
+    is written); ``close()`` releases the lock and, when the run never began, removes what
+    ``open()`` created."""
 
     def __init__(self, path: Path, command: Optional[str] = None) -> None:
         self.path = Path(path)
@@ -224,12 +216,6 @@ class RunDir:
                 except OSError:
                     break
         self._created = []
-
-    def __enter__(self) -> "RunDir":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # ----------------------------------------------------------------- deciding
     def open(self, cfg: Config, resume: bool = False, force: bool = False,
