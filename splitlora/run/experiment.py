@@ -117,17 +117,27 @@ def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
     return {"source": "random init (model.pretrained: false)"}
 
 
-def git_commit() -> Optional[str]:
-    """HEAD commit of the project, with '-dirty' when tracked files changed; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") \
-        if head.returncode == 0 else None
+def environment(device: torch.device) -> dict:
+    """What a run ran on, for env.json: versions, device, the project's commit."""
+    import torchvision
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no") if commit else ""
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "hostname": platform.node(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "num_gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            "git_commit": (commit + ("-dirty" if dirty else "")) or None}
 
 
 def peak_rss_gib() -> Optional[float]:
@@ -138,19 +148,6 @@ def peak_rss_gib() -> Optional[float]:
         return None
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return kib / 2**30 if sys.platform == "darwin" else kib / 2**20
-
-
-def environment(device: torch.device) -> dict:
-    import torchvision
-    return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "hostname": platform.node(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "device": str(device),
-            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "num_gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-            "git_commit": git_commit()}
 
 
 class Experiment:
