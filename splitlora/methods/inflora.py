@@ -1,24 +1,18 @@
 """InfLoRA (Liang & Li, CVPR 2024) as a method of this project: ``method.name: inflora``.
 
-Same adapters as SplitLoRA (A frozen, B trained, on the ``lora.targets`` slices of qkv, merged
-after each task); only the choice of A differs:
+The adapters are SplitLoRA's (A frozen, B trained, merged after each task); A differs:
 
-    before_task(t)  a no-grad pass over task t's training data with the model as it is gives
-                    this task's input second moment C_t per block; A_t = the top-r left
-                    singular vectors of C_t with the old subspace projected out, / sqrt(3)
-    after_task(t)   merge; a second pass (the trained model, task t alone) extends the
-                    old-task basis DualGPM-style with threshold lamb + (lame - lamb) t / T
+    before_task(t)  a no-grad pass over task t's data with the model as it is gives its input
+                    second moment C_t per block; A_t = the top-r left singular vectors of C_t
+                    with the old subspace projected out, / sqrt(3)
+    after_task(t)   merge; a second pass (the trained model, task t) extends the old-task basis
+                    DualGPM-style with threshold lamb + (lame - lamb) t / T
 
-docs/inflora.md relates each function to the lines of the official code it follows.
-Notation: d = input dimension of the adapted layer, r = LoRA rank, C = (d, d) uncentred second
-moment of one task's layer inputs. The old tasks' input subspace is one orthonormal basis per
-layer, of one of two kinds (DualGPM):
-
-- ``remove``: the basis M (d, k) spans the old tasks' subspace;
-- ``retain``: the basis F (d, k) spans its orthogonal complement (the free subspace); used
-  once the old subspace holds more than half the dimension, so the stored basis stays small.
-
-Either way ``project_free(C)`` = (I - M M^T) C = F F^T C keeps only the free part.
+docs/inflora.md relates each function to the official code. d = input width of the adapted
+layer, r = LoRA rank, C = (d, d) uncentred second moment of a task's layer inputs. The old
+tasks' subspace is one orthonormal basis per layer, of one of two kinds (DualGPM): ``remove``,
+M (d, k) spans it; ``retain``, F (d, k) spans its complement (used once the old subspace holds
+more than half the dimension). Either way ``project_free(C)`` = (I - M M^T) C = F F^T C.
 """
 from __future__ import annotations
 
@@ -58,15 +52,9 @@ def _check_basis(basis: Tensor, kind: str, dim: int) -> None:
 
 
 def project_free(cov: Tensor, basis: Optional[Tensor], kind: str = REMOVE) -> Tensor:
-    """Project the old tasks' subspace out of the column space of ``cov``.
-
-    Args:
-        cov: (d, d) this task's input second moment.
-        basis: (d, k) orthonormal (old subspace for ``remove``, free subspace for
-            ``retain``), or None before any task (nothing to project).
-    Returns:
-        (d, d) float64: ``C - M M^T C`` (remove) or ``F F^T C`` (retain).
-    """
+    """(d, d) C -> (d, d) float64 ``C - M M^T C`` (remove) or ``F F^T C`` (retain): the old
+    tasks' subspace projected out of C's columns; ``basis`` (d, k) orthonormal, or None before
+    any task (nothing to project)."""
     c = cov.detach().to(torch.float64)
     if basis is None:
         return c
@@ -78,17 +66,10 @@ def project_free(cov: Tensor, basis: Optional[Tensor], kind: str = REMOVE) -> Te
 
 def design_A(cov: Tensor, rank: int, basis: Optional[Tensor] = None,
              kind: str = REMOVE) -> Tensor:
-    """InfLoRA's A for the next task: the top-``rank`` left singular vectors of the projected
-    second moment, as rows, divided by sqrt(3).
-
-    Args:
-        cov: (d, d) the next task's input second moment (collected before training it).
-        rank: r <= d.
-        basis, kind: the old tasks' basis (see :func:`project_free`); None for the first task.
-    Returns:
-        (r, d) float32; its rows are orthogonal (norm 1 / sqrt(3)) and, where the projected
-        matrix has rank >= r, orthogonal to the old subspace.
-    """
+    """InfLoRA's (r, d) float32 A for the next task: the top-``rank`` left singular vectors of
+    its projected second moment (``cov``, collected before training it), as rows, / sqrt(3):
+    orthogonal rows of norm 1 / sqrt(3), orthogonal to the old subspace where the projected
+    matrix has rank >= r. ``basis``, ``kind``: as :func:`project_free`."""
     mat = project_free(cov, basis, kind)
     if not torch.isfinite(mat).all():
         raise FloatingPointError("input second moment holds non-finite values")
@@ -98,13 +79,6 @@ def design_A(cov: Tensor, rank: int, basis: Optional[Tensor] = None,
     return (u[:, :rank].T / math.sqrt(3.0)).to(torch.float32).contiguous()
 
 
-def _energy(cov: Tensor) -> tuple[Tensor, float]:
-    """(squared singular values of ``cov``, their sum): the energies DualGPM compares."""
-    s = torch.linalg.svdvals(cov)
-    sq = s * s
-    return sq, float(sq.sum())
-
-
 def _numerical_rank(s: Tensor, dim: int) -> int:
     if s.numel() == 0 or float(s[0]) <= 0:
         return 0
@@ -112,18 +86,10 @@ def _numerical_rank(s: Tensor, dim: int) -> int:
 
 
 def first_basis(cov: Tensor, threshold: float) -> tuple[Tensor, str]:
-    """The old-task basis after the first task.
-
-    ``k = #{i : c_i < threshold}`` with c the cumulative shares of the squared singular
-    values of C (the official criterion: the count of directions *below* the threshold),
-    basis = the leading max(k, 1) left singular vectors, then :func:`to_compact_kind`.
-
-    Args:
-        cov: (d, d) the first task's input second moment (after training it).
-        threshold: in (0, 1].
-    Returns:
-        (basis (d, k') float64, kind).
-    """
+    """(basis float64, kind) of the old tasks after the first: with c the cumulative shares of
+    C's squared singular values, ``k = #{i : c_i < threshold}`` (the official criterion counts
+    the directions *below* it), basis = the leading max(k, 1) left singular vectors, then
+    :func:`to_compact_kind`."""
     c = cov.detach().to(torch.float64)
     u, s, _ = torch.linalg.svd(c, full_matrices=False)
     sq = s * s
@@ -144,21 +110,15 @@ def update_basis(cov: Tensor, basis: Tensor, kind: str,
     the free share of ||C||_F^2 stays >= 1 - threshold: F <- an orthonormal basis of
     (I - U_E[:, :n] U_E[:, :n]^T) F, of k - n columns.
 
-    Then :func:`to_compact_kind`. Counts n never exceed the rank of E (a guard against
-    rounding; the official loop has none).
-
-    Args:
-        cov: (d, d) the task's input second moment (after training it).
-        basis: (d, k) orthonormal; kind: ``remove`` or ``retain``.
-        threshold: in (0, 1).
-    Returns:
-        (new basis float64, new kind, n = directions added to the old subspace).
+    Then :func:`to_compact_kind`. n never exceeds the rank of E (a guard against rounding;
+    the official loop has none). Returns (new basis float64, new kind, n).
     """
     c = cov.detach().to(torch.float64)
     d = c.shape[0]
     _check_basis(basis, kind, d)
     b = basis.to(torch.float64)
-    _, total = _energy(c)
+    energies = torch.linalg.svdvals(c)
+    total = float((energies * energies).sum())  # ||C||_F^2, the energy DualGPM shares out
     if not total > 0:  # a task without tokens adds nothing
         return to_compact_kind(b, kind) + (0,)
     e = project_free(c, b, kind)
@@ -191,14 +151,8 @@ def update_basis(cov: Tensor, basis: Tensor, kind: str,
 
 
 def to_compact_kind(basis: Tensor, kind: str) -> tuple[Tensor, str]:
-    """A ``remove`` basis of more than d / 2 columns becomes the ``retain`` basis of its
-    orthogonal complement (the trailing left singular vectors of M); otherwise unchanged.
-
-    Args:
-        basis: (d, k) orthonormal.
-    Returns:
-        (basis (d, k) or (d, d - k), kind).
-    """
+    """A ``remove`` basis (d, k) of more than d / 2 columns becomes the ``retain`` basis
+    (d, d - k) of its complement (M's trailing left singular vectors); others are unchanged."""
     d = basis.shape[0]
     if kind == REMOVE and basis.shape[1] > d / 2:
         u, _, _ = torch.linalg.svd(basis.to(torch.float64), full_matrices=True)
