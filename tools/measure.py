@@ -5,14 +5,13 @@
     python tools/measure.py --amp bf16 --compile --json figures.json
     python tools/measure.py --small                # a small ViT at 32 px: seconds on a CPU
 
-Times, on synthetic batches already on the device, the three passes of a run: the training
-step (LoRA B and the head, AdamW, autocast with a grad scaler for fp16), the covariance pass
-(no grad, fp32 as the protocol) and the evaluation forward. Then the training loader, through
-the project's own datasets, transforms and decode cache with this machine's cores (auto
-workers), on generated image files: 500x375 JPEG (ImageNet-R, DomainNet) and 32x32 PNG
-(CIFAR-100). A setting's projected wall time is its training, covariance-pass and evaluation
-samples (the protocol fixes them: docs/performance.md) each divided by the slower of the
-pass's rate and the loader's; start-up and per-task overheads are not included.
+Times the three passes of a run on synthetic batches already on the device: the training step
+(LoRA B and the head, AdamW, autocast with a grad scaler for fp16), the covariance pass (fp32,
+as the protocol) and the evaluation forward; then the training loader (the project's datasets,
+transforms and decode cache, auto workers) on generated 500x375 JPEGs (ImageNet-R, DomainNet)
+and 32x32 PNGs (CIFAR-100). A setting's projected wall time: its training, covariance and
+evaluation samples (fixed by the protocol) each divided by the slower of the pass's rate and
+the loader's; start-up and per-task overheads are not included.
 """
 from __future__ import annotations
 
@@ -37,15 +36,11 @@ from datasets import transforms as tf  # noqa: E402
 from datasets.cache import TaskImageCache  # noqa: E402
 from models import ContinualViT, create_backbone, kaiming_uniform_A  # noqa: E402
 from splitlora.covariance import CovarianceAccumulator, collect_covariance  # noqa: E402
-from splitlora.engine import autocast, make_optimizer, resolve_amp  # noqa: E402
-from splitlora.engine import TrainConfig  # noqa: E402
+from splitlora.engine import TrainConfig, autocast, make_optimizer, resolve_amp  # noqa: E402
 
-# The public train / val split sizes the published settings read (images, classes).
+# The public train / val split sizes of the published settings' benchmarks, and their images.
 DATASETS = {"imagenet_r": (24_000, 6_000, "jpeg"), "domainnet": (47_532, 20_450, "jpeg"),
             "cifar100": (50_000, 10_000, "png")}
-SETTINGS = {"imagenet_r_5": ("imagenet_r", 5), "imagenet_r_10": ("imagenet_r", 10),
-            "imagenet_r_20": ("imagenet_r", 20), "cifar100_10": ("cifar100", 10),
-            "domainnet_5": ("domainnet", 5)}
 SMALL = {"img_size": 32, "kwargs": {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}}
 
 
@@ -168,12 +163,21 @@ def loader_rate(kind: str, count: int, img: int, batch: int, folder: Path) -> fl
     return seen / (time.perf_counter() - t0)
 
 
+def settings() -> dict:
+    """The published table's settings (configs/published.yaml): name -> their config."""
+    from splitlora.run.config import load_config
+    from splitlora.run.results import load_published
+    published = load_published()
+    return {name: load_config(REPO / "configs" / published["settings"][name]["config"])
+            for name in published["suites"]["main"]["settings"]}
+
+
 def project(rates: dict, loaders: dict) -> dict:
-    """Minutes per published setting (protocol: 10 epochs x expand_times 10)."""
-    cfg = TrainConfig()
+    """Minutes per published setting (the protocol's epochs and expand_times)."""
     out = {}
-    for setting, (dataset, tasks) in SETTINGS.items():
-        train, val, kind = DATASETS[dataset]
+    for setting, cfg in settings().items():
+        tasks, (train, val, kind) = cfg.dataset.num_tasks, DATASETS[cfg.dataset.name]
+        cfg = cfg.train
         feed = loaders[kind]
         samples = {"train": train * cfg.expand_times * cfg.epochs,
                    "covariance": train // tasks * cfg.expand_times * (tasks - 1),

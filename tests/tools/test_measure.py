@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.helpers import REPO
+from tests.helpers import REPO, published_suites
 
 sys.path.insert(0, str(REPO / "tools"))
 import measure  # noqa: E402
@@ -15,7 +15,7 @@ def test_measure_prints_the_rates_and_a_projection_of_every_published_setting(tm
                          "--loader-images", "8", "--json", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     figures = json.loads((tmp_path / "m.json").read_text())
-    assert set(figures["projection"]) == set(measure.SETTINGS)
+    assert set(figures["projection"]) == set(published_suites()["main"]["settings"])
     for k in ("train", "covariance", "eval"):
         assert figures["rates"][k] > 0 and f"  {k}" in out
     assert all(v > 0 for v in figures["loaders"].values())
