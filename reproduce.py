@@ -47,13 +47,6 @@ from splitlora.run import launch  # noqa: E402
 from splitlora.run.launch import Run  # noqa: E402
 from splitlora.run.results import collect_rows, load_published, write_summary  # noqa: E402
 
-DATA_TOOLS = {
-    "cifar100": "python tools/split_cifar100.py --src cifar-100-python.tar.gz --dst {root}",
-    "imagenet-r": "python tools/split_imagenet_r.py --src imagenet-r.tar --dst {root} "
-                  "--train-list imagenet_r_train.txt --val-list imagenet_r_val.txt",
-    "domainnet": "python tools/split_domainnet.py --src DOMAINNET_RAW --dst {root} "
-                 "--train-list sdomain_train.txt --val-list sdomain_val.txt",
-}
 # Keys reproduce.py sets for each run, and what chooses them instead of --set.
 PER_RUN_KEYS = {
     "name": "the setting's name, from its config file; choose settings with --suite / --only",
@@ -67,12 +60,6 @@ PER_RUN_KEYS = {
     "dataset.root": "the setting's data folder; give it with --data-root (or --cifar100-root / "
                     "--imagenet-r-root / --domainnet-root)",
 }
-SUITE_TITLES = {"main": "SplitLoRA reproduction", "ablation": "Ablation: choice of the subspace",
-                "compare": "Same-protocol comparison: SplitLoRA, InfLoRA, sequential LoRA, "
-                           "joint training",
-                "demo": "Demo-scale comparison (synthetic benchmark)"}
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run every published setting and tabulate the results.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -221,13 +208,12 @@ def check_data(plan: list[Run]) -> list[str]:
             continue
         seen.add(key)
         spec = BENCHMARKS[cfg.dataset.name]
-        tool = DATA_TOOLS.get(run.data_root.name, spec.prepare_hint)
         try:
             check_folder_root(str(run.data_root), cfg.dataset.name, spec.num_classes,
                               cfg.dataset.num_tasks, "")
         except DataError as exc:
             problems.append(f"  {run.setting}: {exc}\n      prepare it with: "
-                            + tool.format(root=run.data_root))
+                            + spec.prepare_hint.replace("DIR", str(run.data_root)))
     return problems
 
 
@@ -285,7 +271,7 @@ def summarize(plan: list[Run], args: argparse.Namespace, published: dict) -> str
     """Write the suite's table from the runs that finished; returns its Markdown."""
     suite = published["suites"][args.suite]
     rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
-    return "\n" + write_summary(rows, Path(args.output), SUITE_TITLES.get(args.suite, args.suite),
+    return "\n" + write_summary(rows, Path(args.output), suite.get("title", args.suite),
                                 suite["table"], suite.get("paper_columns", True))
 
 
