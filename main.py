@@ -15,35 +15,29 @@ import signal
 import sys
 from pathlib import Path
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run one continual-learning experiment.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--config", default=str(DEFAULT_CONFIG),
+    p.add_argument("--config", default=str(Path(__file__).resolve().parent / "configs/demo.yaml"),
                    help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--output", default=None, help="run directory (default runs/<name>/<method>[+key=value...]/seed<seed>)")
+    p.add_argument("--output", default=None,
+                   help="run directory (default runs/<name>/<method>[+key=value...]/seed<seed>)")
     p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in the run directory after its last completed task "
                         "(also the default when a checkpoint of the same config is there)")
     p.add_argument("--force", action="store_true",
                    help="start from scratch even if the run directory holds a run (of this or "
-                        "another config); the previous run's files are moved into <run dir>/replaced-<time>/")
+                        "another config); the previous run's files are moved into "
+                        "<run dir>/replaced-<time>/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved config and exit")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     from splitlora.run.cli import run_cli
-    return run_cli(args)
+    return run_cli(p.parse_args(argv))
 
 
 def _stop_on_sigterm(signum: int, frame) -> None:

@@ -1,14 +1,19 @@
-"""The command line of ``main.py``: resolve the config and the run directory, run, report.
+"""The command line of ``main.py``: resolve the config and the run directory, run, log, report.
 
 Expected failures (bad config, missing data, unreadable weights, numerical faults) end with
-one ``error: ...`` line on stderr and exit status 2, never a traceback.
+one ``error: ...`` line on stderr and exit status 2, never a traceback. Logging goes to the
+console at once and to ``log.txt`` once the inputs are validated: records are buffered until
+:func:`attach_log_file`, so that log.txt receives the whole run but nothing is written before
+the run directory is known to be good.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
+import logging.handlers
 import os
 import re
 import shlex
@@ -18,10 +23,162 @@ from typing import Optional
 
 from .config import (RESUMABLE_KEYS, Config, config_warnings, dump_yaml, flatten, load_config,
                      to_dict)
-from .errors import ConfigError, UserError, WriteError, user_message
-from .logs import RunLogger, attach_log_file, log_to_file, remove_handlers, setup_logging
+from .fileio import ConfigError, UserError, WriteError, open_append_no_follow
 
 log = logging.getLogger("splitlora")
+_OURS = "_splitlora"  # attribute marking the handlers this module installed
+
+
+def _ours() -> list[logging.Handler]:
+    return [h for h in logging.getLogger().handlers if getattr(h, _OURS, False)]
+
+
+def remove_handlers() -> None:
+    """Close and remove every handler :func:`setup_logging` / :func:`attach_log_file` added."""
+    for h in _ours():
+        logging.getLogger().removeHandler(h)
+        h.close()
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Console logging now; records also buffered for :func:`attach_log_file`."""
+    remove_handlers()
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    buffer = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    for h in (console, buffer):
+        setattr(h, _OURS, True)
+        logging.getLogger().addHandler(h)
+    logging.getLogger().setLevel(level)
+
+
+class _LogFile(logging.StreamHandler):
+    """log.txt. A failed write (a full disk) warns once on stderr, not a traceback per record."""
+
+    failed = False
+    _splitlora = True  # one of this module's handlers (_OURS)
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not self.failed:
+            self.failed = True
+            sys.stderr.write(f"warning: cannot write log.txt ({sys.exc_info()[1]}); log records "
+                             "now go to the console only\n")
+
+
+def attach_log_file(path: Path) -> None:
+    """Send logging to ``path`` (appended to, never through a link), the buffered records first."""
+    fh = _LogFile(open_append_no_follow(path))
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in _ours():
+        if isinstance(h, logging.handlers.MemoryHandler):
+            h.setTarget(fh)
+            logging.getLogger().removeHandler(h)
+            h.close()  # flushes the buffered records to fh
+    logging.getLogger().addHandler(fh)
+
+
+def log_to_file(message: str) -> None:
+    """Append ``message`` (an error) to the run's log.txt when this session attached it."""
+    record = logging.LogRecord("splitlora", logging.ERROR, __file__, 0, message, None, None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, _LogFile):
+            h.handle(record)
+
+
+class RunLogger:
+    """TensorBoard event files (``<run dir>/tensorboard/``) and a Weights & Biases run, when the
+    config asks for them (``log.tensorboard``, ``log.wandb``); only the main process logs.
+
+    Per step: ``train/loss``, ``lr/lora``, ``lr/head``; per epoch: ``train/acc``,
+    ``train/images_per_s``; per task: ``acc/task_<j>`` (the row of the accuracy matrix),
+    ``acc/seen_tasks``, ``acc/avg_incremental``, ``forgetting``, and per block
+    ``split/frozen_dims/block_<l>``, ``split/interference/block_<l>`` (methods that split).
+    The x axis of every scalar is the global training step, so a resumed run continues its
+    TensorBoard run and W&B run (a stable id) where its last checkpoint left them.
+    """
+
+    def __init__(self, cfg, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        for key, on, package in (("log.tensorboard", cfg.log.tensorboard, "tensorboard"),
+                                 ("log.wandb", cfg.log.wandb != "off", "wandb")):
+            if on and importlib.util.find_spec(package) is None:
+                raise ConfigError(f"{key} needs the {package} package, which is not installed: "
+                                  f"pip install -r requirements-extra.txt (or pip install {package})")
+        self.tb, self.wandb, self.step = None, None, 0
+        self._pending: list = []  # (loss tensor, lrs) of this epoch's steps: one sync per epoch
+
+    @property
+    def active(self) -> bool:
+        return self.tb is not None or self.wandb is not None
+
+    def start(self, step: int) -> None:
+        """Open the writers; ``step`` = training steps already done (a resumed run's)."""
+        self.step = step
+        if self.cfg.log.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            # purge_step hides what a killed session logged after its last checkpoint
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1)
+        if self.cfg.log.wandb != "off":
+            import wandb
+            c = self.cfg
+            run_id = hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
+            self.wandb = wandb.init(project=c.log.wandb_project, name=f"{c.name}/{c.method.name}/"
+                                    f"seed{c.seed}", id=run_id, resume="allow",
+                                    dir=str(self.run_dir), mode=c.log.wandb,
+                                    config=dict(to_dict(c), run_dir=str(self.run_dir.resolve())))
+
+    def _scalars(self, values: dict, step: int) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(dict(values, step=step), step=step)
+
+    def train_step(self, loss, lrs: dict) -> None:
+        if self.active:
+            self._pending.append((loss, lrs))
+
+    def epoch(self, stats) -> None:
+        """Write the epoch's steps (one device sync for all their losses) and its figures."""
+        if not self.active:
+            return
+        import torch
+        losses = torch.stack([loss for loss, _ in self._pending]).tolist() if self._pending else []
+        for loss, (_, lrs) in zip(losses, self._pending):
+            self.step += 1
+            self._scalars({"train/loss": loss, **{f"lr/{k}": v for k, v in lrs.items()}}, self.step)
+        self._pending = []
+        self._scalars({"train/acc": stats.acc,
+                       "train/images_per_s": stats.images / max(stats.seconds, 1e-9)}, self.step)
+
+    def task(self, t: int, metrics: dict, learner) -> None:
+        if not self.active:
+            return
+        values = {f"acc/task_{j}": v for j, v in enumerate(metrics["acc_matrix"][t][: t + 1])}
+        values.update({"acc/seen_tasks": metrics["acc_per_task"][t],
+                       "acc/avg_incremental": metrics["avg_inc_acc"]})
+        if metrics["forgetting"] is not None:
+            values["forgetting"] = metrics["forgetting"]
+        for key, per_task in (("frozen_dims", learner.split_dims),
+                              ("interference", learner.interference)):
+            for block, v in enumerate(per_task[t] or []):
+                values[f"split/{key}/block_{block}"] = v
+        self._scalars(values, self.step)
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.tb = self.wandb = None
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -32,23 +189,30 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return UserError, DataError, ModelError, NumericalError
 
 
-def default_output(cfg: Config, base: Optional[Config] = None) -> Path:
+def user_message(exc: BaseException) -> str:
+    """The message of ``exc`` without a DataLoader worker's embedded traceback."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        head, sep, rest = last.partition(": ")
+        return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
+    return text
+
+
+def default_output(cfg: Config, base: Config) -> Path:
     """``runs/<name>/<method>[+key=value...]/seed<seed>``: the method, the seed and every
     result-defining key set on the command line (keys whose value differs from ``base``, the
     config file's own values) name the directory, so that runs of different experiments never
     share one; keys that may change when a run is continued (``RESUMABLE_KEYS``) do not."""
-    tag = cfg.method.name
-    if base is not None:
-        ours, theirs = flatten(to_dict(cfg)), flatten(to_dict(base))
-        changed = sorted(k for k, v in ours.items() if k not in RESUMABLE_KEYS
-                         and k not in ("seed", "method.name") and theirs.get(k) != v)
-        slug = lambda v: re.sub(r"[^A-Za-z0-9._,=-]", "_", v if isinstance(v, str) else  # noqa: E731
-                                json.dumps(v, separators=(",", ":")))
-        extra = "+".join(f"{k}={slug(ours[k])}" for k in changed)
-        if len(extra) > 80:
-            extra = "cfg-" + hashlib.sha256(extra.encode()).hexdigest()[:10]
-        if extra:
-            tag = f"{tag}+{extra}"
+    ours, theirs = flatten(to_dict(cfg)), flatten(to_dict(base))
+    changed = sorted(k for k, v in ours.items() if k not in RESUMABLE_KEYS
+                     and k not in ("seed", "method.name") and theirs.get(k) != v)
+    slug = lambda v: re.sub(r"[^A-Za-z0-9._,=-]", "_", v if isinstance(v, str) else  # noqa: E731
+                            json.dumps(v, separators=(",", ":")))
+    extra = "+".join(f"{k}={slug(ours[k])}" for k in changed)
+    if len(extra) > 80:
+        extra = "cfg-" + hashlib.sha256(extra.encode()).hexdigest()[:10]
+    tag = f"{cfg.method.name}+{extra}" if extra else cfg.method.name
     return Path("runs") / cfg.name / tag / f"seed{cfg.seed}"
 
 
@@ -61,18 +225,17 @@ def print_report(metrics: dict, out: Path) -> None:
     if metrics.get("final_acc") is not None:
         print(f"final accuracy          {metrics['final_acc']:6.2f}")
         print(f"average incremental acc {metrics['avg_inc_acc']:6.2f}")
-        forgetting = metrics["forgetting"]
-        print("forgetting              " + ("   n/a (one task)" if forgetting is None
-                                            else f"{forgetting:6.2f}"))
+        f = metrics["forgetting"]
+        print("forgetting              " + ("   n/a (one task)" if f is None else f"{f:6.2f}"))
     print(f"results: {out / 'metrics.json'}")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """``main.py``: one run, or one ``error:`` line (exit 2), or an interrupt (exit 130)."""
-    from .rundir import RunDir
+    from .rundir import CHECKPOINT, RunDir
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
     run_dir: Optional[RunDir] = None
-    exp = None
+    exp = None  # the Experiment, once made
     try:
         overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
         cfg = load_config(args.config, overrides)
@@ -121,12 +284,11 @@ def run_cli(args: argparse.Namespace) -> int:
             message += "; " + run_dir.failure_note(len(exp.tasks))
         if main_process:
             log_to_file(f"error: {message}")
-        remove_handlers()
-        if main_process:
             print(f"error: {message}", file=sys.stderr)
+        remove_handlers()
         return 2
     except KeyboardInterrupt:
-        if run_dir is not None and run_dir.has_checkpoint():
+        if run_dir is not None and (run_dir.path / CHECKPOINT).is_file():
             message = ("interrupted: the last completed task is checkpointed; run the same "
                        "command (without --force) to continue")
         elif run_dir is not None:
@@ -141,6 +303,6 @@ def run_cli(args: argparse.Namespace) -> int:
             exp.logger.close()
         if run_dir is not None:
             run_dir.close()
-        if "torch.distributed" in sys.modules:
-            from .distributed import shutdown
-            shutdown()
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,10 +1,9 @@
 """Experiment configuration: typed dataclasses, loaded and merged by OmegaConf.
 
 ``load_config(path, overrides)`` merges the schema's defaults, the YAML file and the ``--set
-KEY=VALUE`` overrides (a dotlist) as OmegaConf structured configs: OmegaConf refuses unknown
-keys, wrong types, duplicate keys, YAML tags and alias bombs. What this module adds is only
-ranges, choices and cross-field rules (:func:`validate`; a method's own section is checked by
-its ``Params.validate``), each refused with one :class:`ConfigError` naming the key.
+KEY=VALUE`` overrides as OmegaConf structured configs, which refuse unknown keys, wrong types,
+duplicate keys, YAML tags and alias bombs. :func:`validate` adds ranges, choices and
+cross-field rules (a method's section: its ``Params.validate``), each one :class:`ConfigError`.
 
 The schema's defaults *are* the published protocol (docs/protocol.md): a setting file in
 ``configs/`` only states what differs. ``method.<name>`` holds the hyper-parameters of each
@@ -28,8 +27,7 @@ from splitlora.engine import TrainConfig
 from splitlora.learner import ParamError
 from splitlora.methods import METHODS
 
-from .errors import ConfigError
-from .fileio import read_regular_file
+from .fileio import ConfigError, read_regular_file
 
 
 @dataclass
@@ -135,7 +133,7 @@ class Config:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    method: Any = None  # the method and its hyper-parameters (see method_schema)
+    method: Any = None  # the method and its hyper-parameters (see schema())
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -143,20 +141,15 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-def method_schema() -> type:
-    """``method``: ``name`` and one section per registered method with hyper-parameters."""
+def schema() -> type[Config]:
+    """:class:`Config` with its ``method`` section made from the methods registered now:
+    ``name`` and one section per registered method with hyper-parameters."""
     fields: list[tuple] = [("name", str, field(default="splitlora"))]
-    for name, cls in METHODS.items():
-        if dataclasses.fields(cls.Params):
-            fields.append((name, cls.Params, field(default_factory=cls.Params)))
-    return dataclasses.make_dataclass("MethodConfig", fields, namespace={
+    fields += [(name, cls.Params, field(default_factory=cls.Params))
+               for name, cls in METHODS.items() if dataclasses.fields(cls.Params)]
+    method = dataclasses.make_dataclass("MethodConfig", fields, namespace={
         "__doc__": "Which continual learner runs (``name``) and each method's hyper-parameters "
                    "(only the chosen method's section is read)."})
-
-
-def schema() -> type[Config]:
-    """:class:`Config` with its ``method`` section made from the methods registered now."""
-    method = method_schema()
     return dataclasses.make_dataclass("Config", [("method", method, field(default_factory=method))],
                                       bases=(Config,), namespace={"__doc__": Config.__doc__})
 
@@ -164,12 +157,10 @@ def schema() -> type[Config]:
 # Keys that may change when a run is continued: they change how the remaining tasks run
 # (device, speed, precision, robustness, where the same data lies, logs), never what the
 # finished tasks computed. Every other key is part of the run's identity.
-RESUMABLE_KEYS = (
-    "name", "device", "train.amp", "train.tf32", "train.compile", "train.num_workers",
-    "train.max_bad_steps", "eval.batch_size", "eval.num_workers", "dataset.root",
-    "dataset.skip_bad_images", "dataset.max_image_pixels", "log.tensorboard", "log.wandb",
-    "log.wandb_project",
-)
+RESUMABLE_KEYS = ("name", "device", "train.amp", "train.tf32", "train.compile",
+                  "train.num_workers", "train.max_bad_steps", "eval.batch_size", "eval.num_workers",
+                  "dataset.root", "dataset.skip_bad_images", "dataset.max_image_pixels",
+                  "log.tensorboard", "log.wandb", "log.wandb_project")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -215,42 +206,30 @@ def _omegaconf_problem(exc: Exception) -> str:
     text = lines[0] if lines else type(exc).__name__
     key = getattr(exc, "full_key", None)
     if text.startswith("Key '") and " not in " in text and key is not None:  # unknown key
-        section = key.rpartition(".")[0]
-        known = _known_keys(section)
-        close = difflib.get_close_matches(key.rpartition(".")[2], known, n=1, cutoff=0.5)
+        section, _, name = key.rpartition(".")
+        cls = _sections().get(section)
+        known = [f.name for f in dataclasses.fields(cls)] if cls is not None else []
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
         prefix = f"{section}." if section else ""
         hint = (f"; did you mean '{prefix}{close[0]}'?" if close else
                 f"; known keys here: {', '.join(prefix + k for k in known)}")
         return f"unknown config key '{key}'{hint}"
     replaced = re.match(r"Merge error: (\w+) is not a subclass of (\w+)\. value: (.*)", text)
-    if replaced and not key and _section_of_type(replaced.group(2)):  # OmegaConf names no key
-        section = _section_of_type(replaced.group(2))
+    section = next((path for path, cls in _sections().items()
+                    if replaced and cls.__name__ == replaced.group(2)), None)
+    if section and not key:  # OmegaConf names no key when a value replaces a section
         return (f"config key '{section}' is a section, not a value (got {replaced.group(3)}); "
                 f"set its keys: --set {section}.KEY=VALUE, or {section}={{KEY: VALUE}}")
     return f"config key '{key}': {text}" if key else text
 
 
-def _sections() -> dict[str, type]:
+def _sections(cls: Optional[type] = None, path: str = "") -> dict[str, type]:
     """Every section of the schema by its dotted path ('' for the top level)."""
-    out: dict[str, type] = {}
-    queue: list[tuple[str, type]] = [("", schema())]
-    while queue:
-        path, cls = queue.pop(0)
-        out[path] = cls
-        for name, tp in typing.get_type_hints(cls).items():  # the fields' types, resolved
-            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-                queue.append((f"{path}.{name}" if path else name, tp))
+    out = {path: cls or schema()}
+    for name, tp in typing.get_type_hints(out[path]).items():  # the fields' types, resolved
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update(_sections(tp, f"{path}.{name}" if path else name))
     return out
-
-
-def _known_keys(section: str) -> list[str]:
-    cls = _sections().get(section)
-    return [f.name for f in dataclasses.fields(cls)] if cls is not None else []
-
-
-def _section_of_type(type_name: str) -> Optional[str]:
-    """The path of the section whose dataclass is named ``type_name`` (None if none)."""
-    return next((path for path, cls in _sections().items() if cls.__name__ == type_name), None)
 
 
 def _parse(text: str, what: str):
@@ -287,13 +266,30 @@ def override_keys(overrides: list[str]) -> list[str]:
     return [o.partition("=")[0].strip() for o in overrides]
 
 
-def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None,
-                name: Optional[str] = None) -> Config:
-    """The schema's defaults, then the YAML file at ``path`` (if any), then ``overrides``.
-    ``name`` defaults to the file's stem when the file does not set one."""
+def _resolve(layers: list, overrides: list[str]) -> Config:
+    """The schema's defaults, then each layer (a mapping), then ``overrides``; every failure
+    is one :class:`ConfigError`."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
-    file_cfg = OmegaConf.create({})
+    try:
+        layers = [OmegaConf.create(layer) for layer in layers] + [_dotlist(overrides)]
+        merged = OmegaConf.merge(OmegaConf.structured(schema()), *layers)
+        for key in PLAIN_MAPPINGS:  # a value, not a section: the last layer setting it wins whole
+            for layer in layers:
+                value = OmegaConf.select(layer, key, default=_UNSET)
+                if value is not _UNSET:
+                    OmegaConf.update(merged, key, value, merge=False)
+        return OmegaConf.to_object(merged)
+    except RecursionError:
+        raise ConfigError("the config is nested too deeply") from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as exc:
+        raise ConfigError(_omegaconf_problem(exc)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
+    """The schema's defaults, then the YAML file at ``path`` (if any), then ``overrides``.
+    The run's ``name`` defaults to the file's stem."""
+    file_cfg: Any = {}
     if path is not None:
         text = read_regular_file(Path(path), "--config", MAX_CONFIG_BYTES, ConfigError,
                                  "give a YAML file, e.g. configs/imagenet_r_10.yaml")
@@ -302,43 +298,22 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}"
                               f" at offset {exc.start}); save it with UTF-8 encoding") from None
-    default_name = name or (Path(path).stem if path is not None else "experiment")
-    try:
-        layers = [file_cfg, _dotlist(overrides or [])]
-        merged = OmegaConf.merge(OmegaConf.structured(schema()), {"name": default_name}, *layers)
-        for key in PLAIN_MAPPINGS:  # a value, not a section: the last layer setting it wins whole
-            for layer in layers:
-                value = OmegaConf.select(layer, key, default=_UNSET)
-                if value is not _UNSET:
-                    OmegaConf.update(merged, key, value, merge=False)
-        cfg = OmegaConf.to_object(merged)
-    except RecursionError:
-        raise ConfigError("the config is nested too deeply") from None
-    except (OmegaConfBaseException, yaml.YAMLError, ValueError, TypeError) as exc:
-        raise ConfigError(_omegaconf_problem(exc)) from None
+    default_name = Path(path).stem if path is not None else "experiment"
+    cfg = _resolve([{"name": default_name}, file_cfg], overrides or [])
     validate(cfg)
     return cfg
 
 
 def config_from_dict(data: dict) -> Config:
     """A config from the nested dicts of a ``config.yaml`` (absent keys at their defaults)."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema()), data))
-    except (OmegaConfBaseException, ValueError, TypeError) as exc:
-        raise ConfigError(_omegaconf_problem(exc)) from None
+    return _resolve([data], [])
 
 
 # --------------------------------------------------------------------------- validation
 
-CHOICES = {
-    "train.amp": ("auto", "fp16", "bf16", "off"),
-    "model.head_init": ("official", "fresh"),
-    "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
-    "dataset.cache": ("auto", True, False),
-    "log.wandb": ("off", "offline", "online"),
-}
+CHOICES = {"train.amp": ("auto", "fp16", "bf16", "off"), "model.head_init": ("official", "fresh"),
+           "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
+           "dataset.cache": ("auto", True, False), "log.wandb": ("off", "offline", "online")}
 # lower bounds of integer keys (every seed: 0 to MAX_SEED)
 MINIMUM = {"lora.rank": 1, "train.epochs": 1, "train.batch_size": 1, "train.expand_times": 1,
            "train.max_bad_steps": 0, "eval.batch_size": 1, "dataset.num_tasks": 1,
@@ -409,9 +384,9 @@ def validate(cfg: Config) -> None:
            "size images are resized to); set model.img_size instead and drop it from model.kwargs")
     p = cfg.demo_pretrain
     _check(p.num_classes * p.train_per_class >= p.batch_size, "demo_pretrain.batch_size",
-           p.batch_size, f"must be at most num_classes x train_per_class = "
-           f"{p.num_classes * p.train_per_class} (the pretraining images; a smaller set gives "
-           "no full batch)")
+           p.batch_size, "must be at most num_classes x train_per_class = "
+           f"{p.num_classes * p.train_per_class} (the pretraining images; a smaller set gives no "
+           "full batch)")
 
 
 def config_warnings(cfg: Config, overrides: list[str]) -> list[str]:

@@ -4,25 +4,39 @@ Run directory contents (written through :class:`splitlora.run.rundir.RunDir`): `
 (resolved), ``log.txt``, ``metrics.json`` (rewritten after every task; ``"complete": true``
 once the last task is evaluated), ``env.json`` (versions, device, commit, weights, timings),
 ``checkpoint.pt`` (the state after the last completed task, for an exact resume).
+
+Data-parallel runs (``torchrun --nproc_per_node N main.py ...``): training uses
+DistributedDataParallel with a DistributedSampler (the global batch size is the configured one,
+split over the processes). Evaluation and the covariance pass read disjoint, unpadded shards,
+so the all-reduced counts and covariance sums cover every sample exactly once: they equal the
+single-process ones. Only rank 0 writes to the run directory.
 """
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sized
 
 import timm
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DistributedSampler
 
-from datasets import Benchmark, Repeated, build_benchmark, loading
+from datasets import (Benchmark, Repeated, SyntheticImageSet, TaskDataset, build_benchmark,
+                      loading)
+from datasets import transforms as tf
 from datasets.cache import TaskImageCache
+from datasets.loading import make_loader
 from models import (ContinualViT, WeightsError, check_backbone, create_backbone, file_sha256,
                     hub_weights_file, model_mean_std)
 from splitlora.learner import Learner, Stream, Task, derived_seed
@@ -30,14 +44,57 @@ from splitlora.methods import get_method
 from splitlora.metrics import AccuracyTracker
 
 from .config import Config, to_dict
-from .distributed import (DistInfo, ShardSampler, all_reduce_counts, init_distributed,
-                          per_rank_batch)
-from .errors import ConfigError
-from .rundir import RunDir, utc_now
+from .fileio import ConfigError, atomic_write_bytes, read_json
+from .rundir import CheckpointError, RunDir, utc_now
 
 log = logging.getLogger("splitlora")
 
 REPO = Path(__file__).resolve().parents[2]
+RECIPE_KEY = "splitlora_demo_recipe"  # the one metadata entry of a demo backbone file
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among the processes of a torchrun job (one process: 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group torchrun describes in the environment (no-op for one process)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", 0))
+    if world <= 1:
+        return DistInfo()
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local)
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(int(os.environ["RANK"]), world, local)
+
+
+def per_rank_batch(global_batch: int, info: DistInfo, key: str) -> int:
+    """The global batch split over the processes (it must divide evenly)."""
+    if global_batch % info.world_size:
+        raise ConfigError(f"config key '{key}' = {global_batch} is not divisible by the "
+                          f"{info.world_size} processes of this run; pick a multiple")
+    return global_batch // info.world_size
+
+
+def shard_indices(data: Sized, info: DistInfo) -> range:
+    """A sampler of indices rank, rank + world, ... of ``data``: disjoint, unpadded, in order."""
+    return range(info.rank, len(data), info.world_size)
 
 
 def cache_dir() -> Path:
@@ -57,6 +114,90 @@ def weights_path(cfg: Config) -> Optional[Path]:
     return cache_dir() / path if cfg.demo_pretrain.enabled and not path.is_absolute() else path
 
 
+def demo_recipe(cfg: Config) -> str:
+    """Everything the demo backbone's weights depend on, as canonical JSON."""
+    m, syn, p = cfg.model, cfg.dataset.synthetic, asdict(cfg.demo_pretrain)
+    return json.dumps({"demo_pretrain": {k: v for k, v in p.items() if k != "enabled"},
+                       "model": {"name": m.name, "img_size": m.img_size, "kwargs": m.kwargs,
+                                 "fused_attn": m.fused_attn},
+                       "synthetic": {"image_size": syn.image_size, "seed": syn.seed}},
+                      sort_keys=True)
+
+
+def save_backbone(state: dict[str, torch.Tensor], path: Path, recipe: str) -> None:
+    """Write ``state`` as safetensors (atomically) with the recipe as its one metadata entry.
+    One entry keeps the bytes a function of the tensors and the recipe: safetensors writes
+    several entries in a per-process order, which would give identical weights another
+    SHA-256 (the weights fingerprint a resumed run is checked against)."""
+    from safetensors.torch import save
+    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                metadata={RECIPE_KEY: recipe})
+    atomic_write_bytes(path, data)
+
+
+def check_demo_backbone(cfg: Config, path: Optional[Path]) -> None:
+    """Refuse a cached demo backbone at ``path`` that was pretrained with another recipe
+    (another ``demo_pretrain``, model or synthetic image size) than this config asks for."""
+    if path is None or not path.is_file():
+        return
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get(RECIPE_KEY)
+    except Exception:  # noqa: BLE001 - not safetensors: create_backbone reports what is wrong
+        recorded = None
+    if recorded is None:
+        log.warning("the demo backbone %s records no pretraining recipe (an older version's "
+                    "file, or one not made by the demo), so it cannot be checked against "
+                    "demo_pretrain; delete it to pretrain again", path)
+    elif recorded != demo_recipe(cfg):
+        old, new = json.loads(recorded), json.loads(demo_recipe(cfg))
+        diff = [f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {v!r}"
+                for section, keys in new.items() for k, v in keys.items()
+                if old.get(section, {}).get(k) != v]
+        raise ConfigError(f"the demo backbone {path} was pretrained with another recipe than this "
+                          f"config asks for ({'; '.join(diff)}); delete it to pretrain again, or "
+                          "set model.pretrained_file to another path")
+
+
+def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device) -> None:
+    """Train ``cfg.model`` from scratch on ``cfg.demo_pretrain`` synthetic classes; save to path.
+    The demo's stand-in for ImageNet weights: the run then loads the file like a user's."""
+    p, syn, m = cfg.demo_pretrain, cfg.dataset.synthetic, cfg.model
+    t0, gen_state = time.perf_counter(), torch.random.get_rng_state()
+    torch.manual_seed(p.seed)
+    backbone = create_backbone(m.name, pretrained=False, img_size=m.img_size,
+                               fused_attn=m.fused_attn, kwargs=m.kwargs).to(device)
+    head = nn.Linear(backbone.num_features, p.num_classes).to(device)
+    images = SyntheticImageSet(p.num_classes, p.train_per_class, syn.image_size, syn.seed,
+                               p.class_offset, "train")
+    data = TaskDataset(images, list(range(p.num_classes)), 0,
+                       tf.tensor_train_transform(m.img_size, (0.5,) * 3, (0.5,) * 3))
+    loader = make_loader(data, p.batch_size, True, 0, device, seed=p.seed, drop_last=True)
+    opt = torch.optim.AdamW([*backbone.parameters(), *head.parameters()], lr=p.lr,
+                            weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, pct_start=0.15,
+                                                total_steps=p.epochs * len(loader))
+    backbone.train()
+    for epoch in range(p.epochs):
+        correct = seen = 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = head(backbone(x))
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += int((logits.argmax(1) == y).sum())
+            seen += y.numel()
+        log.info("demo pretraining epoch %d/%d: loss %.3f train acc %.1f%%", epoch + 1, p.epochs,
+                 loss.item(), 100.0 * correct / max(seen, 1))
+    torch.random.set_rng_state(gen_state)
+    save_backbone(backbone.state_dict(), path, demo_recipe(cfg))
+    log.info("demo backbone pretrained in %.1fs and saved to %s", time.perf_counter() - t0, path)
+
+
 def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
     """``device`` config -> torch device; under torchrun each process takes its LOCAL_RANK GPU."""
     if name == "auto":
@@ -65,11 +206,12 @@ def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device' = {name!r}: CUDA is not available on this machine; "
                           "use device=cpu or device=auto")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+    if device.index is not None and device.index >= torch.cuda.device_count():  # cuda:N
         raise ConfigError(f"config key 'device' = {name!r}: this machine has "
                           f"{torch.cuda.device_count()} GPU(s), numbered from 0")
-    return torch.device("cuda", dist_info.local_rank) if device.type == "cuda" and dist_info.enabled \
-        else device
+    if device.type == "cuda" and dist_info.enabled:
+        return torch.device("cuda", dist_info.local_rank)
+    return device
 
 
 def check_model(cfg: Config) -> None:
@@ -80,27 +222,7 @@ def check_model(cfg: Config) -> None:
                           + (f"; did you mean {', '.join(close)}?" if close else ""))
     check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
     if cfg.demo_pretrain.enabled:
-        from .pretrain import check_demo_backbone
         check_demo_backbone(cfg, weights_path(cfg))
-
-
-def build_model(cfg: Config, device: torch.device) -> ContinualViT:
-    """The backbone with its weights (pretraining the demo's first if asked), LoRA, heads."""
-    m, path = cfg.model, weights_path(cfg)
-    if path is not None and cfg.demo_pretrain.enabled and not path.exists():
-        from .pretrain import pretrain_synthetic_backbone
-        log.info("%s not found: pretraining the demo backbone on synthetic classes", path)
-        pretrain_synthetic_backbone(cfg, path, device)
-    try:
-        backbone = create_backbone(m.name, pretrained=m.pretrained,
-                                   pretrained_file=str(path) if path else None, img_size=m.img_size,
-                                   fused_attn=m.fused_attn, kwargs=m.kwargs)
-    except WeightsError as exc:
-        if not (cfg.demo_pretrain.enabled and path is not None and path.is_file()):
-            raise
-        raise WeightsError(f"{exc} (it is the demo's pretrained backbone: delete {path} to "
-                           "pretrain it again)") from None
-    return ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(device)
 
 
 def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
@@ -156,30 +278,27 @@ class Experiment:
     checkpoint's state; ``run()`` runs the remaining tasks, writing after each."""
 
     def __init__(self, cfg: Config, run_dir: RunDir, progress: bool = True, logger=None) -> None:
-        self.cfg = cfg
-        self.run_dir = run_dir
+        self.cfg, self.run_dir = cfg, run_dir
         self.method = get_method(cfg.method.name)
         check_model(cfg)
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device, self.dist)
-        self.progress = progress and self.dist.is_main
-        self.logger = logger
-        if self.dist.enabled:  # the global batch must split evenly over the processes
-            per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")
+        self.progress, self.logger = progress and self.dist.is_main, logger
+        per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size")  # splits evenly
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
             torch.backends.cudnn.allow_tf32 = cfg.train.tf32
-        mean, std = model_mean_std(cfg.model.name)
         # data first: a bad root fails before any model is built or downloaded
-        self.bench: Benchmark = build_benchmark(cfg.dataset, cfg.model.img_size, mean, std)
+        self.bench: Benchmark = build_benchmark(cfg.dataset, cfg.model.img_size,
+                                                *model_mean_std(cfg.model.name))
         order_seed = cfg.dataset.class_order_seed
         num_tasks = 1 if self.method.single_task else cfg.dataset.num_tasks
         self.tasks = self.bench.tasks(num_tasks, cfg.seed if order_seed is None else order_seed,
                                       cfg.dataset.shuffle_classes)
         self.data_identity = self.bench.identity(self.tasks)
         self.tracker = AccuracyTracker(len(self.tasks))
-        self.workers = {"train": loading.resolve_workers(cfg.train.num_workers),
-                        "eval": loading.resolve_workers(cfg.eval.num_workers)}
+        self.workers = {"train_workers": loading.resolve_workers(cfg.train.num_workers),
+                        "eval_workers": loading.resolve_workers(cfg.eval.num_workers)}
         self.image_cache = TaskImageCache(cfg.dataset.cache, loading.usable_cpus(),
                                           loading.processes_on_this_machine())
         self.bad_images: set[str] = set()
@@ -191,20 +310,31 @@ class Experiment:
         self._clock = time.time()
 
     def build(self) -> None:
-        """Build the model (download or load weights) and the learner."""
-        torch.manual_seed(self.cfg.seed)
-        self.model = build_model(self.cfg, self.device)
-        self.learner = self.method(
-            self.model, self.device, self.cfg.train, getattr(self.cfg.method, self.cfg.method.name, None),
-            seed=self.cfg.seed, num_tasks=len(self.tasks), head_init=self.cfg.model.head_init,
-            progress=self.progress)
-        self.env = environment(self.device)
-        self.env.update(world_size=self.dist.world_size,
-                        weights=weights_info(self.cfg, self.model.backbone),
-                        data_loading={"train_workers": self.workers["train"],
-                                      "eval_workers": self.workers["eval"],
-                                      "cache": self.cfg.dataset.cache,
-                                      "normalize_on_device": self.bench.normalize is not None})
+        """The backbone with its weights (download, load, or pretrain the demo's first), LoRA,
+        the heads and the learner."""
+        cfg, m, path = self.cfg, self.cfg.model, weights_path(self.cfg)
+        torch.manual_seed(cfg.seed)
+        if path is not None and cfg.demo_pretrain.enabled and not path.exists():
+            log.info("%s not found: pretraining the demo backbone on synthetic classes", path)
+            pretrain_synthetic_backbone(cfg, path, self.device)
+        try:
+            backbone = create_backbone(m.name, pretrained=m.pretrained, img_size=m.img_size,
+                                       pretrained_file=str(path) if path else None,
+                                       fused_attn=m.fused_attn, kwargs=m.kwargs)
+        except WeightsError as exc:
+            if not (cfg.demo_pretrain.enabled and path is not None and path.is_file()):
+                raise
+            raise WeightsError(f"{exc} (it is the demo's pretrained backbone: delete {path} to "
+                               "pretrain it again)") from None
+        self.model = ContinualViT(backbone, cfg.lora.rank, cfg.lora.targets).to(self.device)
+        self.learner = self.method(self.model, self.device, cfg.train,
+                                   getattr(cfg.method, cfg.method.name, None), seed=cfg.seed,
+                                   num_tasks=len(self.tasks), head_init=m.head_init,
+                                   progress=self.progress)
+        self.env = dict(environment(self.device), world_size=self.dist.world_size,
+                        weights=weights_info(cfg, backbone),
+                        data_loading=dict(self.workers, cache=cfg.dataset.cache,
+                                          normalize_on_device=self.bench.normalize is not None))
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -221,7 +351,6 @@ class Experiment:
 
     def resume(self, state: dict) -> None:
         """Restore a checkpoint of this exact config, weights and data (refused otherwise)."""
-        from .rundir import CheckpointError
         self.run_dir.verify(state, self.cfg, self.env["weights"], self.data_identity)
         try:
             for adapter, qkv in zip(self.model.adapters, state["qkv"], strict=True):
@@ -261,12 +390,11 @@ class Experiment:
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
         seed = derived_seed(cfg.seed, task, Stream.COVARIANCE_DATA if data_pass else Stream.TRAIN_DATA)
-        batch, sampler = cfg.train.batch_size, None
+        batch, sampler = per_rank_batch(cfg.train.batch_size, self.dist, "train.batch_size"), None
         if self.dist.enabled:
-            batch = per_rank_batch(batch, self.dist, "train.batch_size")
-            sampler = (ShardSampler(ds, self.dist) if data_pass else DistributedSampler(
+            sampler = (shard_indices(ds, self.dist) if data_pass else DistributedSampler(
                 ds, self.dist.world_size, self.dist.rank, shuffle=True, seed=seed % 2**31))
-        return self._batches(ds, batch, True, self.workers["train"], seed, sampler,
+        return self._batches(ds, batch, True, self.workers["train_workers"], seed, sampler,
                              epochs=1 if data_pass else cfg.train.epochs)
 
     def val_batches(self, task: int):
@@ -275,8 +403,8 @@ class Experiment:
                                      skip_bad=self.cfg.dataset.skip_bad_images, uint8=True)
         batch, sampler = self.cfg.eval.batch_size, None
         if self.dist.enabled:
-            batch, sampler = max(1, batch // self.dist.world_size), ShardSampler(ds, self.dist)
-        return self._batches(ds, batch, False, self.workers["eval"], sampler=sampler)
+            batch, sampler = max(1, batch // self.dist.world_size), shard_indices(ds, self.dist)
+        return self._batches(ds, batch, False, self.workers["eval_workers"], sampler=sampler)
 
     def _batches(self, ds, batch_size: int, shuffle: bool, workers: int, seed: int = 0,
                  sampler=None, epochs: int = 1):
@@ -300,7 +428,11 @@ class Experiment:
         self.learner.after_task(task)
         for j in range(t + 1):
             correct, total = self.learner.evaluate(self.val_batches(j), f"eval task {j}")
-            self.tracker.update(t, j, *all_reduce_counts(correct, total, self.device))
+            if self.dist.enabled:  # sum the counts over the processes
+                counts = torch.tensor([correct, total], dtype=torch.long, device=self.device)
+                dist.all_reduce(counts)
+                correct, total = int(counts[0]), int(counts[1])
+            self.tracker.update(t, j, correct, total)
         self.timing["task_seconds"].append(time.perf_counter() - t0)
         row, acc = self.tracker.acc_matrix()[t], self.tracker.acc_after_task()[t]
         log.info("task %d/%d done in %.1fs: accuracy over seen tasks %.2f%% (per task: %s)",
@@ -311,15 +443,13 @@ class Experiment:
 
     def metrics(self) -> dict:
         """Results only (deterministic for a seed on CPU); timings live in env.json."""
-        done = self.tracker.tasks_done()
-        out = {"name": self.cfg.name, "method": self.cfg.method.name, "seed": self.cfg.seed,
-               "num_tasks": len(self.tasks), "tasks_done": done, "complete": done == len(self.tasks)}
-        out.update(self.tracker.summary())
-        out.update(split_dims=self.learner.split_dims, interference=self.learner.interference,
-                   task_classes=self.tasks, task_class_names=self.data_identity["task_classes"],
-                   bad_images={"count": len(self.bad_images),
-                               "files": sorted(self.bad_images)[:50]})
-        return out
+        done, bad = self.tracker.tasks_done(), sorted(self.bad_images)
+        return {"name": self.cfg.name, "method": self.cfg.method.name, "seed": self.cfg.seed,
+                "num_tasks": len(self.tasks), "tasks_done": done,
+                "complete": done == len(self.tasks), **self.tracker.summary(),
+                "split_dims": self.learner.split_dims, "interference": self.learner.interference,
+                "task_classes": self.tasks, "task_class_names": self.data_identity["task_classes"],
+                "bad_images": {"count": len(bad), "files": bad[:50]}}
 
     def write_env(self, end: bool = False) -> None:
         self._tick()
@@ -337,7 +467,6 @@ class Experiment:
         self._clock = time.time()
         if not self.dist.is_main:
             return
-        from .fileio import read_json
         previous = read_json(self.run_dir.path / "env.json")
         self.env["start_time"] = previous.get("start_time") or utc_now()
         resumed = self.tracker.tasks_done() > 0
@@ -349,8 +478,8 @@ class Experiment:
         self.write_env()
 
     def run(self) -> dict:
-        log.info("data loading: %d train / %d eval workers, decode cache %s", self.workers["train"],
-                 self.workers["eval"], self.cfg.dataset.cache)
+        log.info("data loading: %d train / %d eval workers, decode cache %s",
+                 *self.workers.values(), self.cfg.dataset.cache)
         log.info("run %s: method %s, %d tasks of %d classes, device %s", self.cfg.name,
                  self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
         for t in range(self.tracker.tasks_done(), len(self.tasks)):

@@ -1,5 +1,7 @@
-"""Files the project reads and writes, safely (light module: no torch).
+"""Expected failures, and the files the project reads and writes, safely (no torch here).
 
+A :class:`UserError` is printed by the CLI as one ``error:`` line, as are the lower packages'
+own bases (``models.ModelError``, ``datasets.DataError``, ``splitlora.engine.NumericalError``).
 Writes are atomic: a temporary file in the same folder, flushed, then renamed over the target,
 so a process killed at any instant leaves the old file or the new one, never a torn one; the
 rename replaces a link itself, so no write follows a link out of its folder. Reads of files a
@@ -7,6 +9,7 @@ user hands over (configs, run files) accept only regular files, of bounded size.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,7 +19,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import WriteError
+
+class UserError(Exception):
+    """A failure caused by the user's input or environment (config, data, weights, files).
+    The message names what is wrong and how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad configuration file, key or value."""
+
+
+class WriteError(UserError, OSError):
+    """A file or folder that cannot be written (full disk, no permission, a file in the way)."""
 
 
 def os_reason(exc: OSError) -> str:
@@ -24,9 +38,11 @@ def os_reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f" ({name})" if name else "")
 
 
-def check_regular_file(path: Path, what: str, error: type[Exception], hint: str = "") -> int:
-    """Refuse anything but an existing regular file (a link to one is fine); returns its size.
-    ``error(message)`` says what the path is instead (missing, a directory, a FIFO, ...)."""
+def read_regular_file(path: Path, what: str, limit: int, error: type[Exception],
+                      hint: str = "") -> bytes:
+    """The bytes of an existing regular file (a link to one is fine) of at most ``limit``
+    bytes; else ``error(message)`` saying what the path is instead (missing, a directory, a
+    FIFO, too big, ...)."""
     suffix = f"; {hint}" if hint else ""
     try:
         st = os.stat(path)
@@ -41,19 +57,11 @@ def check_regular_file(path: Path, what: str, error: type[Exception], hint: str 
                 stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
                 stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise error(f"{what} {path} is {kind}, not a file{suffix}")
-    return st.st_size
-
-
-def read_regular_file(path: Path, what: str, limit: int, error: type[Exception],
-                      hint: str = "") -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes (``error`` otherwise)."""
-    size = check_regular_file(path, what, error, hint)
-    if size > limit:
-        raise error(f"{what} {path} is {size} bytes, more than the {limit} a file of its kind "
-                    "can need")
+    if st.st_size > limit:
+        raise error(f"{what} {path} is {st.st_size} bytes, more than the {limit} a file of its "
+                    "kind can need")
     try:  # O_NONBLOCK: a file swapped for a FIFO meanwhile cannot hang the open
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise error(f"{what} {path} is not a regular file")
             return f.read(limit + 1)[:limit]
@@ -68,20 +76,6 @@ def read_json(path: Path, limit: int = 64 << 20) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_replace(path: Path, write: Callable[[Path], None],
@@ -102,27 +96,29 @@ def atomic_replace(path: Path, write: Callable[[Path], None],
             os.unlink(tmp)
 
 
-def _write_file(tmp: Path, data: bytes) -> None:
-    """A new file holding ``data``, flushed to disk (O_EXCL: never through a link)."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def atomic_write_bytes(path: Path, data: bytes,
                        before_replace: Optional[Callable[[], None]] = None,
                        suffix: str = ".tmp") -> None:
-    """Write ``data`` to ``path`` atomically and durably. A failure (full disk, permissions) is a
-    :class:`WriteError` naming the file; the previous ``path``, if any, is left as it was."""
+    """Write ``data`` to ``path`` atomically and durably (the temporary file is created with
+    O_EXCL: never through a link). A failure (full disk, permissions) is a :class:`WriteError`
+    naming the file; the previous ``path``, if any, is left as it was."""
+    def write(tmp: Path) -> None:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_replace(path, lambda tmp: _write_file(tmp, data), before_replace, suffix)
+        atomic_replace(path, write, before_replace, suffix)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {os_reason(exc)}") from None
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the rename made durable, where the file system allows
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str, suffix: str = ".tmp") -> None:
@@ -144,18 +140,18 @@ def open_append_no_follow(path: Path):
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-def _check_names(path: Path, what: str) -> None:
+def check_output_dir(path: Path, what: str = "--output") -> None:
+    """Refuse an output folder that cannot be created or written, before anything is written:
+    its nearest existing ancestor (itself included) must be a folder this process can create
+    files in (tested by creating and removing a temporary file there: permission bits,
+    read-only file systems and root all answer truthfully)."""
+    path = probe = Path(path)
     too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
     if too_long:
         raise WriteError(f"{what} {path}: the name {too_long[0][:40]}... is {len(too_long[0])} "
                          "characters long; file systems allow 255 bytes per name")
-
-
-def _check_writable_from(path: Path, start: Path, what: str) -> None:
-    """The nearest existing ancestor of ``start`` (itself included) must be a folder this
-    process can create files in (tested by creating and removing a temporary file there:
-    permission bits, read-only file systems and root all answer truthfully)."""
-    probe = start
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
     while not probe.exists():
         if probe.is_symlink():
             raise WriteError(f"{what} {path}: {probe} is a symbolic link to a missing target")
@@ -172,12 +168,3 @@ def _check_writable_from(path: Path, start: Path, what: str) -> None:
     except OSError as exc:
         raise WriteError(f"{what} {path}: cannot write in {probe} ({os_reason(exc)}); pass a "
                          "path you can write to") from None
-
-
-def check_output_dir(path: Path, what: str = "--output") -> None:
-    """Refuse an output folder that cannot be created or written, before anything is written."""
-    path = Path(path)
-    _check_names(path, what)
-    if path.exists() and not path.is_dir():
-        raise WriteError(f"{what} {path} is a file, not a folder; pass a folder for the results")
-    _check_writable_from(path, path, what)

@@ -45,19 +45,19 @@ class Row:
 
     def as_dict(self, paper: bool = True) -> dict:
         """The row's figures (None where unknown); ``paper``: with the paper's columns."""
+        def known(key: str) -> list:
+            return [r[key] for r in self.runs if r.get(key) is not None]
         out = {"setting": self.setting, "method": self.method,
                "seeds": " ".join(map(str, self.seeds)), "num_runs": len(self.runs)}
         for key in METRICS:
-            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(
-                [r[key] for r in self.runs if r.get(key) is not None])
+            out[f"{key}_mean"], out[f"{key}_std"] = mean_std(known(key))
         for key in ("final_acc", "avg_inc_acc") if paper else ():
             p, m = self.paper.get(key), out[f"{key}_mean"]
             out[f"paper_{key}"], out[f"diff_{key}"] = p, None if p is None or m is None else m - p
-        walls = [r["wall_seconds"] for r in self.runs if r.get("wall_seconds") is not None]
+        walls = known("wall_seconds")
         out["wall_minutes_mean"] = sum(walls) / len(walls) / 60 if walls else None
         for key in ("peak_gpu_mem_gib", "peak_rss_gib"):
-            out[f"{key}_max"] = max((r[key] for r in self.runs if r.get(key) is not None),
-                                    default=None)
+            out[f"{key}_max"] = max(known(key), default=None)
         return out
 
 
@@ -83,8 +83,7 @@ def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
         row.seeds.append(run_seed)
         row.runs.append(dict(metrics, forgetting=None if one_task else metrics.get("forgetting"),
                              wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
-                             peak_gpu_mem_gib=env.get("peak_gpu_mem_gib"),
-                             peak_rss_gib=env.get("peak_rss_gib")))
+                             **{k: env.get(k) for k in ("peak_gpu_mem_gib", "peak_rss_gib")}))
     return list(rows.values())
 
 
@@ -106,9 +105,8 @@ def markdown_table(rows: list[Row], paper: bool = True) -> str:
         d = row.as_dict(paper)
         cells = [d["setting"], d["method"], d["seeds"] or "none finished"]
         cells += [_cell(d[f"{k}_mean"], d[f"{k}_std"]) for k in METRICS]
-        if paper:
-            cells += [_cell(d["paper_final_acc"]), _cell(d["diff_final_acc"], signed=True),
-                      _cell(d["paper_avg_inc_acc"]), _cell(d["diff_avg_inc_acc"], signed=True)]
+        for k in ("final_acc", "avg_inc_acc") if paper else ():
+            cells += [_cell(d[f"paper_{k}"]), _cell(d[f"diff_{k}"], signed=True)]
         cells += [_cell(d[k]) for k in ("wall_minutes_mean", "peak_gpu_mem_gib_max",
                                         "peak_rss_gib_max")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -13,7 +13,7 @@
 """
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import errno
 import io
 import json
@@ -28,9 +28,8 @@ from typing import Optional
 import yaml
 
 from .config import RESUMABLE_KEYS, Config, config_from_dict, dump_yaml, flatten, to_dict
-from .errors import ConfigError, UserError, WriteError
-from .fileio import (atomic_write_bytes, atomic_write_text, check_output_dir, read_json,
-                     read_regular_file, write_json_atomic)
+from .fileio import (ConfigError, UserError, WriteError, atomic_write_bytes, atomic_write_text,
+                     check_output_dir, read_json, read_regular_file, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class CheckpointError(UserError):
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # --------------------------------------------------------------------------- identity
@@ -80,10 +79,8 @@ def data_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
     new_classes = [c for t in new.get("task_classes", []) for c in t]
     added = [c for c in new_classes if c not in set(old_classes)]
     removed = [c for c in old_classes if c not in set(new_classes)]
-    if added:
-        changes.append(f"classes added: {few(added)}")
-    if removed:
-        changes.append(f"classes removed: {few(removed)}")
+    changes += [f"classes {word}: {few(items)}" for word, items in
+                (("added", added), ("removed", removed)) if items]
     if not added and not removed and old.get("task_classes") != new.get("task_classes"):
         changes.append("the classes are assigned to tasks in another order")
     for split in ("train", "val"):
@@ -141,24 +138,16 @@ class RunDir:
     ``open()`` created."""
 
     def __init__(self, path: Path, command: Optional[str] = None) -> None:
-        self.path = Path(path)
-        self.command = command
-        self.began = False
+        self.path, self.command, self.began = Path(path), command, False
         self._fd: Optional[int] = None
         self._created: list[Path] = []  # folders and the lock file made by open()
 
     # ----------------------------------------------------------------- lock
-    def _holder(self) -> dict:
-        try:
-            data = json.loads(read_regular_file(self.path / LOCK, "lock", 1 << 16, OSError) or b"{}")
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    @staticmethod
-    def _describe(holder: dict) -> str:
+    def _holder(self) -> str:
+        """Who holds (or held) the lock, from the record in its file ("" without one)."""
+        holder = read_json(self.path / LOCK, 1 << 16)
         if not holder:
-            return "another process (no details recorded)"
+            return ""
         return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
                 f"{holder.get('start_time')}" + (f" ({holder['command']})"
                                                  if holder.get("command") else ""))
@@ -183,15 +172,15 @@ class RunDir:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 self._created = []
-                raise RunDirectoryBusy(f"run directory {self.path} is in use by "
-                                       f"{self._describe(self._holder())}; wait for it to "
-                                       "finish, or pass another --output") from None
+                holder = self._holder() or "another process (no details recorded)"
+                raise RunDirectoryBusy(f"run directory {self.path} is in use by {holder}; wait "
+                                       "for it to finish, or pass another --output") from None
             raise
         self._fd = fd
         previous = self._holder()
         if previous:
             log.info("took over the lock of %s left by %s (no longer running)", self.path,
-                     self._describe(previous))
+                     previous)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": utc_now(),
                   "command": self.command}
         os.ftruncate(fd, 0)
@@ -202,10 +191,8 @@ class RunDir:
         and the folders ``open()`` created (a folder only when empty)."""
         if self._fd is not None:
             import fcntl
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, 0)
-            except OSError:
-                pass
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -241,11 +228,9 @@ class RunDir:
 
     def _decide(self, cfg: Config, resume: bool, force: bool) -> RunState:
         previous = read_config(self.path / "config.yaml")
-        present = [n for n in RUN_FILES if (self.path / n).exists()]
-        if previous is None and present and not force and (
-                (self.path / "config.yaml").exists() or {CHECKPOINT, "metrics.json"} & set(present)):
-            what = ("is not valid YAML" if (self.path / "config.yaml").exists() else
-                    "is missing")
+        present = {n for n in RUN_FILES if (self.path / n).exists()}
+        if previous is None and not force and {"config.yaml", CHECKPOINT, "metrics.json"} & present:
+            what = "is not valid YAML" if "config.yaml" in present else "is missing"
             raise ConfigError(f"{self.path} holds run files but its config.yaml {what}, so the "
                               "run there cannot be identified; use another --output, or "
                               "--force to move its files aside and start a new run")
@@ -287,29 +272,22 @@ class RunDir:
 
     # ----------------------------------------------------------------- writing
     def begin(self, cfg: Config, force: bool = False) -> None:
-        """The run starts writing: ``force`` moves the previous run's files aside; the resolved
-        config is written."""
+        """The run starts writing: ``force`` moves the previous run's files into
+        ``replaced-<UTC time>/`` (nothing is deleted); the resolved config is written."""
         self.began = True
-        if force:
-            self._set_aside()
+        present = [n for n in RUN_FILES if force and os.path.lexists(self.path / n)]
+        if present:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            dest, n = self.path / f"replaced-{stamp}", 1
+            while dest.exists():
+                n += 1
+                dest = self.path / f"replaced-{stamp}-{n}"
+            dest.mkdir()
+            for name in present:
+                os.replace(self.path / name, dest / name)
+            log.warning("--force: the previous run's files (%s) were moved to %s; delete that "
+                        "folder when you no longer need them", ", ".join(present), dest)
         atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
-
-    def _set_aside(self) -> Optional[Path]:
-        """Move the previous run's files into ``replaced-<UTC time>/`` (nothing is deleted)."""
-        present = [n for n in RUN_FILES if os.path.lexists(self.path / n)]
-        if not present:
-            return None
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        dest, n = self.path / f"replaced-{stamp}", 1
-        while dest.exists():
-            n += 1
-            dest = self.path / f"replaced-{stamp}-{n}"
-        dest.mkdir()
-        for name in present:
-            os.replace(self.path / name, dest / name)
-        log.warning("--force: the previous run's files (%s) were moved to %s; delete that folder "
-                    "when you no longer need them", ", ".join(present), dest)
-        return dest
 
     def write_json(self, name: str, data: dict) -> None:
         write_json_atomic(self.path / name, data)
@@ -318,10 +296,8 @@ class RunDir:
         """Atomically write ``state`` (tensors, numbers, strings, lists, dicts only)."""
         import torch
         for tmp in self.path.glob(f".{CHECKPOINT}.*.tmp"):  # left by a process killed mid-write
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-            except OSError:
-                pass
         buf = io.BytesIO()
         torch.save(dict(state, format_version=FORMAT_VERSION), buf)
         atomic_write_bytes(self.path / CHECKPOINT, buf.getvalue())
@@ -355,6 +331,3 @@ class RunDir:
             return f"the checkpoint {path} cannot be read either"
         return (f"the last checkpoint {path} (after task {done} of {num_tasks}) is intact: fix "
                 "this (e.g. free disk space) and run the same command to continue from it")
-
-    def has_checkpoint(self) -> bool:
-        return (self.path / CHECKPOINT).is_file()

@@ -1,4 +1,4 @@
-"""Data-parallel runs (splitlora/run/distributed.py): torchrun with 2 CPU processes (gloo)
+"""Data-parallel runs (splitlora/run/experiment.py): torchrun with 2 CPU processes (gloo)
 against one process, 2 GPUs (NCCL) where there are two; shard sampling and the split of the
 global batch."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from splitlora.run.distributed import DistInfo, ShardSampler, per_rank_batch
+from splitlora.run.experiment import DistInfo, per_rank_batch, shard_indices
 from splitlora.run.errors import ConfigError
 from tests.helpers import (HANG_GUARD_S, NEEDS_CUDA, TWO_GPUS, main_inprocess, popen_main,
                            read_metrics, sets, synthetic, tiny_overrides)
@@ -58,9 +58,9 @@ def test_two_process_run_matches_single_process_covariance_and_split(tmp_path, d
 
 @pytest.mark.parametrize("n, world", [(10, 2), (7, 2), (5, 3), (2, 4)])
 def test_shards_are_disjoint_unpadded_and_complete(n, world):
-    shards = [list(ShardSampler(range(n), DistInfo(r, world, r))) for r in range(world)]
+    shards = [list(shard_indices(range(n), DistInfo(r, world, r))) for r in range(world)]
     assert sorted(sum(shards, [])) == list(range(n))
-    assert [len(s) for s in shards] == [len(ShardSampler(range(n), DistInfo(r, world, r)))
+    assert [len(s) for s in shards] == [len(shard_indices(range(n), DistInfo(r, world, r)))
                                         for r in range(world)]
 
 

@@ -260,7 +260,7 @@ def test_shipped_config_files_start_runs(tmp_path):
 
 def test_a_cached_weights_file_of_another_recipe_is_refused_before_any_data(tmp_path):
     from splitlora.run.config import load_config
-    from splitlora.run.pretrain import demo_recipe, save_backbone
+    from splitlora.run.experiment import demo_recipe, save_backbone
     other = load_config(CONFIGS / "demo.yaml", ["demo_pretrain.epochs=1"])
     path = tmp_path / "cache" / "demo_backbone_v1.safetensors"
     save_backbone({"w": torch.zeros(2)}, path, demo_recipe(other))

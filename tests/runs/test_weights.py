@@ -1,4 +1,4 @@
-"""Backbone weights (models/backbone.py, splitlora/run/pretrain.py): local files
+"""Backbone weights (models/backbone.py, splitlora/run/experiment.py): local files
 (safetensors / torch), safe loading, the weights' fingerprint in env.json and the demo
 backbone's file, and the errors of a hub that cannot be reached."""
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_identical_demo_weights_give_identical_files(tmp_path):
     """The file's SHA-256 is a resumed run's weights fingerprint: it must depend on the weights
     and the recipe only. (safetensors 0.8 writes several metadata entries in an order that
     varies from one call to the next: 30 saves of a 3-entry header gave 6 different files.)"""
-    from splitlora.run.pretrain import save_backbone
+    from splitlora.run.experiment import save_backbone
     state = {f"blocks.{i}.w": torch.randn(4, 4) for i in range(6)}
     files = set()
     for i in range(30):
@@ -149,7 +149,7 @@ def test_identical_demo_weights_give_identical_files(tmp_path):
 def test_a_cached_demo_backbone_of_another_recipe_is_refused(tmp_path):
     from splitlora.run.config import load_config
     from splitlora.run.errors import ConfigError
-    from splitlora.run.pretrain import check_demo_backbone, demo_recipe, save_backbone
+    from splitlora.run.experiment import check_demo_backbone, demo_recipe, save_backbone
     from tests.helpers import DEMO
     path = tmp_path / "b.safetensors"
     cfg = load_config(DEMO, [f"model.pretrained_file={path}"])
