@@ -1,7 +1,5 @@
-"""Benchmarks registered by name: where the images come from, how many classes, which
-transforms. ``build_benchmark(dataset_cfg, ...)`` checks the data and returns a
-:class:`Benchmark` that serves task datasets."""
-from __future__ import annotations
+"""Benchmarks registered by name (image source, class count, transforms); ``build_benchmark``
+checks the data and returns a :class:`Benchmark`, which serves task datasets."""
 
 import hashlib
 import os
@@ -20,10 +18,8 @@ from .tasks import class_order, split_tasks
 
 @dataclass
 class Benchmark:
-    """The two splits of a benchmark, its class names (index = class id) and transforms:
-    ``train_transform`` / ``eval_transform`` give normalised float tensors; the ``*_uint8``
-    variants, when given, stop before ToTensor + Normalize, which ``normalize`` does on a whole
-    uint8 batch on the device (bitwise the same result)."""
+    """Splits, class names (index = class id) and float transforms; the ``*_uint8`` ones stop
+    before ToTensor + Normalize, which ``normalize`` does on the device (bitwise the same)."""
     name: str
     classes: list[str]
     train: ImageSet
@@ -56,17 +52,13 @@ class Benchmark:
         return out
 
     def transform(self, kind: str, uint8: bool = False) -> Callable:
-        """The ``kind`` ('train' or 'eval') transform; with ``uint8`` the variant whose
-        normalisation is left to :attr:`normalize` (when the benchmark has one)."""
-        if uint8 and self.normalize is not None:
-            return self.train_transform_uint8 if kind == "train" else self.eval_transform_uint8
-        return self.train_transform if kind == "train" else self.eval_transform
+        """The 'train' or 'eval' transform; ``uint8``: leave normalising to :attr:`normalize`."""
+        return getattr(self, f"{kind}_transform" + ("_uint8" if uint8 and self.normalize else ""))
 
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
                      transform: Optional[Callable] = None, skip_bad: bool = False,
                      uint8: bool = False, images: Optional[ImageSet] = None) -> TaskDataset:
-        """The samples of ``classes`` of ``split``, read from ``images`` when given (e.g. a
-        decoded cache of the split's images), else from the split itself."""
+        """``classes`` of ``split``, read from ``images`` if given (e.g. a decoded cache)."""
         if images is None:
             images = self.train if split == "train" else self.val
         if transform is None:
@@ -93,9 +85,8 @@ def register_benchmark(spec: BenchmarkSpec) -> BenchmarkSpec:
 
 
 def check_task_split(num_classes: int, num_tasks: int, where: str, classes: str) -> None:
-    """``num_tasks`` must divide the ``classes`` (words for the message), and a task needs at
-    least two classes: with one, its head has a single logit and the cross-entropy is 0 whatever
-    the model does (nothing is learned, nothing can be forgotten)."""
+    """``num_tasks`` must divide the ``classes`` (words), leaving >= 2 per task: with one class,
+    the head has a single logit and the cross-entropy is 0 whatever the model does."""
     if num_classes % num_tasks:
         raise DataError(f"dataset.num_tasks = {num_tasks} does not divide {classes}")
     if num_classes // num_tasks < 2:
@@ -106,8 +97,7 @@ def check_task_split(num_classes: int, num_tasks: int, where: str, classes: str)
 
 
 def _check_links(base: Path, split: str, classes: list[str], fix: str) -> None:
-    """Class folders and images that are links into a source that has moved are refused here,
-    not at the first read (the dataset tools link into the source by default)."""
+    """Refuse links into a moved source now, not at the first read (the dataset tools link)."""
     broken = []
     for sub, images_only in [("", False)] + [(f"{c}/", True) for c in classes]:
         broken += sorted((f"{split}/{sub}{e.name}", os.readlink(e.path))
@@ -165,18 +155,14 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
 
 def _with_transforms(name: str, classes: list[str], train: ImageSet, val: ImageSet,
                      make_train: Callable, make_eval: Callable, mean, std) -> Benchmark:
-    """A benchmark whose transforms ``make_train(output)`` / ``make_eval(output)`` end in float
-    and in uint8 (normalised on the device)."""
     return Benchmark(name, classes, train, val, make_train("float"), make_eval("float"),
                      make_train("uint8"), make_eval("uint8"), Uint8Normalize(mean, std))
 
 
 def _folder_benchmark(name: str, expected: Optional[int], policy: str, interp: str,
                       eval_mode: str, tool: str = "", options: str = "") -> None:
-    """Register an image-folder benchmark: AutoAugment ``policy``, ``interp`` for the crop and
-    the evaluation resize, ``eval_mode`` the official evaluation transform (see
-    :func:`transforms.eval_transform`; ``dataset.eval_transform`` may choose another);
-    ``tool`` (with ``options``) prepares its folder."""
+    """Register an image-folder benchmark: AutoAugment ``policy``, ``interp`` for crop and resize,
+    the official ``eval_mode``; ``tool`` (with ``options``) prepares its folder."""
     hint = f"Prepare it with: {tool}{options}" if tool else ""
 
     def build(cfg, img_size: int, num_tasks: int, mean: Sequence[float], std: Sequence[float],

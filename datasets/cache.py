@@ -1,14 +1,8 @@
-"""Decode once: a task's training images held in memory as uint8 pixels.
-
-The protocol reads every training image ``expand_times x (epochs + 1)`` times per task, and
-decoding a JPEG costs about as much as the rest of the augmentation. :class:`DecodedImages`
-decodes each image once (``ImageSet.load``: PIL, RGB) into a few torch uint8 buffers allocated
-before the workers start (``fork``: shared copy-on-write; ``spawn``: shared memory; one copy
-either way) and rebuilds the PIL image from those pixels on every read: exactly the pixels of a
-fresh decode. Cost: ``3 * width * height`` bytes per image (5.24 GiB per 10,000 images of
-500 x 375), for the current task only (:class:`TaskImageCache`), per torchrun process.
-"""
-from __future__ import annotations
+"""Decode once: a task's training images held in memory as uint8 pixels (each is read
+``expand_times x (epochs + 1)`` times per task; a JPEG decode costs about as much as the rest of
+the augmentation). Buffers are allocated before the workers start (shared, one copy) and a read
+rebuilds exactly a fresh decode's pixels. Cost: ``3 * width * height`` bytes per image (5.24 GiB
+per 10,000 images of 500 x 375), for the current task only, per torchrun process."""
 
 import logging
 import os
@@ -32,10 +26,8 @@ def available_memory() -> Optional[int]:
     """Bytes of memory available to new allocations (Linux MemAvailable), None if unknown."""
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -48,10 +40,8 @@ class _TooLarge(Exception):
 
 
 class DecodedImages(ImageSet):
-    """The images ``indices`` of ``base``, decoded once; every other index reads ``base``.
-    ``load(i)`` returns a new PIL image with the decoded pixels (mode RGB), identical to
-    ``base.load(i)``; an image that failed to decode raises the same :class:`BadImageError`
-    each time it is read, as it would from disk."""
+    """The images ``indices`` of ``base`` decoded once (other indices read ``base``): ``load(i)``
+    is a new image equal to ``base.load(i)``, or raises its :class:`BadImageError` again."""
 
     def __init__(self, base: ImageSet, indices: Sequence[int], threads: int = 1,
                  max_bytes: Optional[int] = None) -> None:
@@ -65,11 +55,11 @@ class DecodedImages(ImageSet):
             for start in range(0, len(indices), CHUNK_IMAGES):
                 part = indices[start:start + CHUNK_IMAGES]
                 self._add_chunk(part, list(pool.map(self._decode, part)))
-                if max_bytes is not None:
-                    done = start + len(part)
-                    projected = self.nbytes * len(indices) / done
-                    if self.nbytes > max_bytes or (done < len(indices) and projected > 1.5 * max_bytes):
-                        raise _TooLarge(projected)
+                done = start + len(part)
+                projected = self.nbytes * len(indices) / done
+                if max_bytes is not None and (self.nbytes > max_bytes or (
+                        done < len(indices) and projected > 1.5 * max_bytes)):
+                    raise _TooLarge(projected)
 
     def _decode(self, index: int) -> Any:
         try:
@@ -113,11 +103,9 @@ class DecodedImages(ImageSet):
 
 
 class TaskImageCache:
-    """Holds the decoded training images of one task at a time. ``mode`` (or ``dataset.cache``
-    true / false / auto): ``off`` reads from disk every time; ``on`` always decodes once;
-    ``auto`` decodes once unless the task's pixels would take more than ``memory_share`` of the
-    memory available (shared by the ``processes`` of this machine), else it logs a warning and
-    reads from disk. Image sets that are not folders of files (synthetic) are never cached."""
+    """The decoded training images of one task at a time. ``mode`` (``dataset.cache``): ``off``
+    reads from disk, ``on`` decodes, ``auto`` decodes unless that would take over ``memory_share``
+    of the available memory (split among ``processes``). Only folder image sets are cached."""
 
     def __init__(self, mode: "str | bool" = "auto", threads: int = 1, processes: int = 1,
                  memory_share: float = 0.5) -> None:
@@ -147,10 +135,9 @@ class TaskImageCache:
             images = DecodedImages(base, indices, self.threads, budget)
         except _TooLarge as exc:
             log.warning("dataset.cache=auto: the %d %s images of these classes would take about "
-                        "%.1f GiB decoded, more than the %.1f GiB budget (half the available "
-                        "memory); reading them from disk instead (set dataset.cache=true to "
-                        "force it)", len(indices), base.split, float(exc.args[0]) / 2**30,
-                        budget / 2**30)
+                        "%.1f GiB decoded, over the %.1f GiB budget; reading them from disk "
+                        "(dataset.cache=true forces the cache)", len(indices), base.split,
+                        float(exc.args[0]) / 2**30, budget / 2**30)
             images = base
         else:
             size = images.nbytes / 2**20

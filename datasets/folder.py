@@ -1,6 +1,4 @@
-"""Image sets over the ``ROOT/train/<class>/<image>``, ``ROOT/val/<class>/<image>`` layout,
-and the task views (subset of classes, remapped labels, a transform) the engine loads."""
-from __future__ import annotations
+"""Image sets over ``ROOT/{train,val}/<class>/<image>`` and the task views the engine loads."""
 
 import logging
 import os
@@ -25,9 +23,8 @@ class BadImageError(DataError):
 
 
 def list_class_dirs(split_dir: Path) -> list[str]:
-    """The class folders of a split (sub-directories, hidden ones excluded) in class-id order:
-    by number when every name is an integer (``0`` ... ``99``, as the official code reads
-    CIFAR-100: ``int(folder)``, ids sorted), else by name (wnids, zero-padded numbers)."""
+    """A split's class folders (not hidden) in class-id order: by number when all are integers
+    (the official code's ``int(folder)`` for CIFAR-100), else by name."""
     names = [e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")]
     if names and all(n.isascii() and n.isdigit() for n in names):
         return sorted(names, key=lambda n: (int(n), n))
@@ -35,19 +32,16 @@ def list_class_dirs(split_dir: Path) -> list[str]:
 
 
 def list_images(class_dir: Path) -> list[str]:
-    """The image files of a class folder: an image extension, not hidden, not a directory
-    (a broken link stays in the list, so that validation reports it)."""
+    """A class folder's image files (broken links included, so that validation reports them)."""
     return sorted(e.name for e in os.scandir(class_dir)
                   if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.name.startswith(".")
                   and not e.is_dir())
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB of any PIL image. High-bit-depth modes are scaled, not clipped as
-    ``convert("RGB")`` would: 16-bit (modes I;16*, and I, which Pillow uses for 16-bit files)
-    by 255/65535; float (F) from [0, 1] when its values lie there, else from [0, 255] or, beyond,
-    [0, 65535]. Pillow decodes 16-bit RGB(A) PNGs to 8 bits itself (their high bytes). Every
-    other mode is ``img.convert("RGB")``, unchanged."""
+    """8-bit RGB of any PIL image. High-bit-depth gray is scaled, not clipped as ``convert`` would
+    (Pillow reduces 16-bit RGB itself): 16-bit (I;16*, and I, Pillow's mode for 16-bit files) by
+    255/65535; float (F) from [0, 1] when its values lie there, else [0, 255] or [0, 65535]."""
     if not (img.mode.startswith("I;16") or img.mode in ("I", "F")):
         return img.convert("RGB")
     a = np.nan_to_num(np.asarray(img).astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
@@ -80,9 +74,8 @@ class ImageSet:
 
 
 class FolderImageSet(ImageSet):
-    """``root/<class>/<image>`` with class ids given by ``classes`` (class id = position).
-    ``max_pixels`` bounds what one image may cost: a file whose header declares more pixels is
-    a bad image (read before anything is decoded), as is anything but a regular file."""
+    """``root/<class>/<image>``, class id = position in ``classes``. A header declaring over
+    ``max_pixels`` pixels, or anything but a regular file, is a bad image (nothing decoded)."""
 
     def __init__(self, root: str | Path, classes: Sequence[str], split: str,
                  max_pixels: int = 40_000_000) -> None:
@@ -114,9 +107,8 @@ class FolderImageSet(ImageSet):
                 with Image.open(f) as img:
                     if img.width * img.height > self.max_pixels:
                         raise BadImageError(f"image {path} ({self.split} split) declares "
-                                            f"{img.width} x {img.height} pixels, more than "
-                                            f"dataset.max_image_pixels = {self.max_pixels}; it "
-                                            "is not decoded")
+                                            f"{img.width} x {img.height} pixels, over dataset."
+                                            f"max_image_pixels = {self.max_pixels}: not decoded")
                     return to_rgb(img)
             except BadImageError:
                 raise
@@ -132,8 +124,7 @@ class BadSample(NamedTuple):
 
 
 class Batch(NamedTuple):
-    """A batch from :func:`skipping_collate`: images / labels (None if all were bad) and the
-    paths of the unreadable images that were dropped."""
+    """Images / labels (None if all were bad) and the paths of the unreadable images dropped."""
     images: Any
     labels: Any
     bad: list
@@ -146,9 +137,8 @@ def skipping_collate(samples: list) -> Batch:
 
 
 class TaskDataset(Dataset):
-    """The samples of ``classes`` from an image set, labelled ``label_offset + position``. With
-    ``skip_bad=True`` an unreadable image yields a :class:`BadSample` (dropped and counted by
-    :func:`skipping_collate`) instead of raising :class:`BadImageError`."""
+    """The samples of ``classes``, labelled ``label_offset + position``; ``skip_bad``: an
+    unreadable image yields a :class:`BadSample` (for :func:`skipping_collate`), not an error."""
 
     def __init__(self, images: ImageSet, classes: Sequence[int], label_offset: int,
                  transform: Optional[Callable] = None, skip_bad: bool = False) -> None:

@@ -1,9 +1,7 @@
 """How batches reach the model: worker counts, multi-epoch loading, normalisation on the device.
-Randomness: with ``num_workers: 0`` the transforms draw from the main process's RNG; with
-workers, each worker has its own stream (PyTorch's seeding from the loader's generator), so
-augmentations, and hence results, depend on the number of workers: a run is repeated bitwise
-with the same worker count (recorded in ``env.json``)."""
-from __future__ import annotations
+Without workers the transforms draw from the main process's RNG; with workers each has its own
+stream (seeded from the loader's generator), so results depend on the worker count: a run
+repeats bitwise with the same count (recorded in ``env.json``)."""
 
 import os
 from typing import Callable, Iterator, Optional, Union
@@ -15,7 +13,6 @@ from .folder import skipping_collate
 
 
 def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -31,13 +28,12 @@ def processes_on_this_machine() -> int:
 
 
 def resolve_workers(value: Union[int, str]) -> int:
-    """``auto`` -> usable CPUs / processes on this machine - 1 (at least 0); an int as is."""
-    return max(0, usable_cpus() // processes_on_this_machine() - 1) if value == "auto" else int(value)
+    auto = max(0, usable_cpus() // processes_on_this_machine() - 1)
+    return auto if value == "auto" else int(value)
 
 
 class _EpochsBatchSampler(Sampler[list]):
-    """The batches of ``epochs`` consecutive epochs of ``sampler`` (``set_epoch`` called
-    before each, for a DistributedSampler)."""
+    """The batches of ``epochs`` epochs of ``sampler``, calling its ``set_epoch`` before each."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool, epochs: int) -> None:
         self.sampler, self.epochs = sampler, epochs
@@ -55,13 +51,9 @@ class _EpochsBatchSampler(Sampler[list]):
 
 
 class EpochStream:
-    """``epochs`` epochs of a dataset read through one multi-worker DataLoader iteration, so
-    the workers keep preparing batches across epoch boundaries. Each ``iter()`` yields the next
-    epoch's batches (``len()`` of them); an epoch left unfinished is skipped to its end first,
-    so epochs never mix; past ``epochs`` epochs a new iteration of ``epochs`` more starts.
-    Shuffling: ``sampler`` if given (e.g. a DistributedSampler), else a RandomSampler drawing
-    from ``seed``. ``sampler`` is hidden (None) from callers: this class calls ``set_epoch``
-    itself, with the running epoch number."""
+    """``epochs`` epochs through one DataLoader iteration (workers keep preparing across epochs);
+    each ``iter()`` yields the next epoch, first skipping the rest of an unfinished one. Shuffles
+    with ``sampler`` (hidden: its ``set_epoch`` is called here) or a RandomSampler from ``seed``."""
 
     sampler = None
 
@@ -71,8 +63,7 @@ class EpochStream:
         gen = torch.Generator().manual_seed(seed)
         base = sampler if sampler is not None else RandomSampler(dataset, generator=gen)
         self.batch_sampler = _EpochsBatchSampler(base, batch_size, drop_last, epochs)
-        self.per_epoch = len(self.batch_sampler.batches)
-        self.epochs = epochs
+        self.per_epoch, self.epochs = len(self.batch_sampler.batches), epochs
         self.loader = DataLoader(dataset, batch_sampler=self.batch_sampler, num_workers=num_workers,
                                  pin_memory=device.type == "cuda", generator=gen,
                                  collate_fn=collate_fn)
@@ -103,18 +94,15 @@ class EpochStream:
 
 
 class DeviceBatches:
-    """Iterate ``(images, labels)`` of ``loader`` with the images on ``device``, normalised there
-    by ``normalize`` when they arrive as uint8 (a quarter of the bytes of float32; bitwise the
-    float pipeline's values); labels stay where they are. The n-th iteration first calls
-    ``set_epoch(n)`` on a sampler that has it (a DistributedSampler). With ``bad_images`` (a
-    set), ``loader`` collates with ``skipping_collate``: dropped unreadable images go there."""
+    """``(images, labels)`` of ``loader``, the images on ``device`` (uint8 ones normalised there:
+    a quarter of float32's bytes, bitwise the same values). Iteration n calls a sampler's
+    ``set_epoch(n)``. ``bad_images``: a set for the paths ``skipping_collate`` drops."""
 
     def __init__(self, loader, device: torch.device, normalize: Optional[Callable] = None,
                  bad_images: Optional[set] = None) -> None:
-        self.loader, self.device = loader, device
-        self.normalize, self.bad_images = normalize, bad_images
+        self.loader, self.device, self.normalize = loader, device, normalize
+        self.bad_images, self.epoch = bad_images, 0
         self.sampler = getattr(loader, "sampler", None)
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -139,8 +127,8 @@ class DeviceBatches:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
                 device: torch.device, seed: int = 0, drop_last: bool = False,
-                sampler: Optional[Sampler] = None, collate_fn: Optional[Callable] = None) -> DataLoader:
-    """A DataLoader whose shuffling and worker seeds derive from ``seed``."""
+                sampler: Optional[Sampler] = None,
+                collate_fn: Optional[Callable] = None) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
                       sampler=sampler, num_workers=num_workers, pin_memory=device.type == "cuda",
                       drop_last=drop_last, generator=torch.Generator().manual_seed(seed),
@@ -151,9 +139,8 @@ def batches(dataset: Dataset, batch_size: int, device: torch.device, workers: in
             shuffle: bool = True, seed: int = 0, sampler: Optional[Sampler] = None,
             epochs: int = 1, normalize: Optional[Callable] = None,
             bad_images: Optional[set] = None) -> DeviceBatches:
-    """The batches of ``dataset`` on ``device`` (normalised there when uint8): one epoch per
-    ``iter()``; with workers and several epochs one :class:`EpochStream` serves them all. With
-    ``bad_images`` (a set), unreadable images are dropped and their paths recorded there."""
+    """One epoch of ``dataset``'s batches on ``device`` per ``iter()`` (several epochs with
+    workers: one :class:`EpochStream`); see :class:`DeviceBatches` for ``bad_images``."""
     collate = skipping_collate if bad_images is not None else None
     if workers > 0 and epochs > 1 and shuffle:
         loader = EpochStream(dataset, batch_size, workers, epochs, device, seed, sampler,

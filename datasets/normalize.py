@@ -1,10 +1,6 @@
-"""``ToTensor`` + ``Normalize`` of uint8 image batches, done where the batch lands (the GPU):
-a uint8 pixel ``v`` of channel ``c`` becomes ``(v / 255 - mean[c]) / std[c]`` in float32; with
-only 256 x 3 possible inputs, that is a table. The table is computed once on the CPU by
-torchvision's own ``ToTensor`` and ``Normalize`` (the transforms the data workers used to
-apply), and a batch is normalised by looking its pixels up, so the result is bitwise the
-float pipeline's on any device (no reliance on the device's division rounding)."""
-from __future__ import annotations
+"""``ToTensor`` + ``Normalize`` of uint8 batches where they land (the GPU) by table look-up: the
+256 x 3 possible inputs are normalised once on the CPU by torchvision's own transforms, so the
+result is bitwise the float pipeline's on any device (whatever its division rounding)."""
 
 from typing import Sequence
 
@@ -19,8 +15,7 @@ class Uint8Normalize:
     """Normalise a uint8 batch (B, C, H, W) into float32 with a per-device lookup table."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"uint8 normalisation expects 3 channels, got mean {self.mean}, "
                              f"std {self.std}")

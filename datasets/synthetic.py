@@ -1,10 +1,6 @@
-"""A deterministic, procedurally generated image benchmark (no download): each class is a
-random mixture of coloured, oriented gratings under soft Gaussian envelopes; its samples vary
-the phases, positions, orientations and amplitudes a little and add pixel noise. Class ``k`` of
-a generator with ``seed`` is always the same images on every machine, so classes
-``class_offset + 0..C-1`` with different offsets are disjoint families (used to pretrain the
-demo backbone on classes the demo never learns)."""
-from __future__ import annotations
+"""A generated image benchmark: each class mixes coloured, oriented gratings, varied per sample.
+Class ``k`` of ``seed`` is the same images on every machine; different ``class_offset`` give
+disjoint families (the demo backbone is pretrained on classes the demo never learns)."""
 
 import math
 

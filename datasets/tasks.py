@@ -1,5 +1,4 @@
 """Class order and task split (docs/protocol.md)."""
-from __future__ import annotations
 
 import numpy as np
 

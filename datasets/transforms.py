@@ -1,8 +1,5 @@
-"""Image transforms of the protocol (docs/protocol.md), parametrised by image size. Each ends
-either in ``output="float"``: ToTensor + Normalize (float32, what the model reads), or in
-``output="uint8"``: the same pixels as a uint8 (C, H, W) tensor, to be normalised on the device
-by :class:`datasets.normalize.Uint8Normalize`, which gives bitwise the float result."""
-from __future__ import annotations
+"""Image transforms of the protocol (docs/protocol.md). Each ends in ``output="float"`` (ToTensor
++ Normalize) or ``"uint8"``: a (C, H, W) uint8 tensor for :class:`normalize.Uint8Normalize`."""
 
 from typing import Callable, Sequence
 
@@ -17,8 +14,6 @@ EVAL_MODES = ("squash_crop", "shorter_side_crop", "resize")
 
 
 def _tail(output: str, mean: Sequence[float], std: Sequence[float], pil: bool = True) -> list:
-    """The last steps of a PIL (or, ``pil=False``, uint8-tensor) transform: ``float`` ends in
-    ToTensor (or a dtype conversion) + Normalize, ``uint8`` in PILToTensor (or nothing)."""
     if output not in OUTPUTS:
         raise ValueError(f"unknown transform output {output!r}; known: {', '.join(OUTPUTS)}")
     if output == "uint8":
@@ -28,7 +23,6 @@ def _tail(output: str, mean: Sequence[float], std: Sequence[float], pil: bool = 
 
 def train_transform(img_size: int, policy: str, crop_interpolation: str,
                     mean: Sequence[float], std: Sequence[float], output: str = "float") -> Callable:
-    """AutoAugment (bilinear) -> RandomResizedCrop (antialiased) -> tensor -> normalise."""
     return T.Compose([
         T.AutoAugment(_POLICY[policy], interpolation=InterpolationMode.BILINEAR),
         T.RandomResizedCrop(img_size, interpolation=_INTERP[crop_interpolation], antialias=True),
@@ -37,24 +31,16 @@ def train_transform(img_size: int, policy: str, crop_interpolation: str,
 
 def eval_transform(img_size: int, mode: str, interpolation: str, mean: Sequence[float],
                    std: Sequence[float], output: str = "float") -> Callable:
-    """The evaluation transform, antialiased, with the benchmark's ``interpolation``.
-    ``squash_crop`` (official for ImageNet-R and DomainNet): both sides to
-    ``img_size * 256 / 224`` (256 at 224 px; the aspect ratio is not kept), then a centre
-    crop of ``img_size``. ``resize`` (official for CIFAR-100): both sides to ``img_size``.
-    ``shorter_side_crop`` (not the official protocol; the usual ImageNet evaluation): the
-    shorter side to ``img_size * 256 / 224``, aspect ratio kept, then the centre crop."""
-    interp = _INTERP[interpolation]
+    """Antialiased. ``squash_crop`` (official: ImageNet-R, DomainNet): both sides to ``outer``,
+    then a centre crop; ``resize`` (official: CIFAR-100): both sides to ``img_size``;
+    ``shorter_side_crop`` (usual ImageNet evaluation): the shorter side to ``outer``, crop."""
     outer = round(img_size * 256 / 224)
-    if mode == "resize":
-        ops = [T.Resize((img_size, img_size), interpolation=interp, antialias=True)]
-    elif mode == "squash_crop":
-        ops = [T.Resize((outer, outer), interpolation=interp, antialias=True),
-               T.CenterCrop(img_size)]
-    elif mode == "shorter_side_crop":
-        ops = [T.Resize(outer, interpolation=interp, antialias=True), T.CenterCrop(img_size)]
-    else:
+    sizes = {"squash_crop": (outer, outer), "shorter_side_crop": outer, "resize": (img_size,) * 2}
+    if mode not in sizes:
         raise ValueError(f"unknown eval transform mode {mode!r}; known: {', '.join(EVAL_MODES)}")
-    return T.Compose(ops + _tail(output, mean, std))
+    crop = [] if mode == "resize" else [T.CenterCrop(img_size)]
+    return T.Compose([T.Resize(sizes[mode], interpolation=_INTERP[interpolation], antialias=True)]
+                     + crop + _tail(output, mean, std))
 
 
 def tensor_train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],

@@ -1,5 +1,4 @@
 """Build a timm Vision Transformer backbone (classifier removed) and load its weights safely."""
-from __future__ import annotations
 
 import hashlib
 import os
@@ -15,11 +14,11 @@ from torch import Tensor, nn
 SUPPORTED = ("SplitLoRA adapts timm Vision Transformers whose blocks compute q, k and v with one "
              "fused attn.qkv Linear layer (e.g. vit_base_patch16_224, deit_small_patch16_224, "
              "vit_small_patch14_dinov2)")
+_SUPPORTED_MODELS: set[str] = set()  # arguments check_backbone accepted in this process
 
 
 class ModelError(RuntimeError):
-    """A model or weights the run cannot use; the message says what is wrong and how to fix it
-    (the CLI prints it as one ``error:`` line)."""
+    """A model or weights the run cannot use; the message says how to fix it (one CLI line)."""
 
 
 class UnsupportedModelError(ModelError, ValueError):
@@ -31,7 +30,6 @@ class WeightsError(ModelError):
 
 
 def file_kind(mode: int) -> str:
-    """What a file of ``st_mode`` that is not a regular file is, in words."""
     return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
             stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
             stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
@@ -46,8 +44,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def load_error_reason(exc: BaseException) -> str:
-    """One short line for why ``torch.load(weights_only=True)`` (or safetensors) failed on a
-    file, without the reader's advice to turn safe loading off."""
+    """Why a safe load (weights_only, safetensors) failed, in one line without "turn it off"."""
     text = str(exc)
     found = re.search(r"unsupported GLOBAL (\S+)", text)
     if found:
@@ -62,13 +59,12 @@ def load_error_reason(exc: BaseException) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read weights without executing pickled code: safetensors, or torch.load(weights_only=True).
-    Accepts a bare state dict or one nested under 'state_dict', 'model' or 'module'."""
+    """Safe-load weights (no pickled code runs), bare or nested in state_dict / model / module."""
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
     except OSError:
-        raise WeightsError(f"weights file not found: {path} (check model.pretrained_file)") from None
+        raise WeightsError(f"weights file {path} not found (check model.pretrained_file)") from None
     if not stat.S_ISREG(mode):
         raise WeightsError(f"model.pretrained_file {path} is {file_kind(mode)}; give the weights "
                            "file (.safetensors or a torch state dict)")
@@ -115,7 +111,6 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def pretrained_config(model_name: str):
-    """timm's pretrained config of ``model_name``; None if unknown."""
     try:
         return timm.models.get_pretrained_cfg(model_name)
     except Exception:  # noqa: BLE001 - unknown names raise various types across timm versions
@@ -123,17 +118,16 @@ def pretrained_config(model_name: str):
 
 
 def model_mean_std(model_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Input normalisation of the model's pretrained weights (0.5 / 0.5 for the protocol's ViT;
-    0.5 when timm has no config for the name)."""
+    """(mean, std) of the model's pretrained weights; 0.5 where timm has no config."""
     cfg = pretrained_config(model_name)
-    return (tuple(getattr(cfg, "mean", None) or (0.5, 0.5, 0.5)),
-            tuple(getattr(cfg, "std", None) or (0.5, 0.5, 0.5)))
+    return tuple(tuple(getattr(cfg, k, None) or (0.5,) * 3) for k in ("mean", "std"))
 
 
 def hub_source(model_name: str) -> tuple[Optional[str], str]:
-    """(Hugging Face repo id, file name) timm downloads for ``model_name`` (repo None if unknown)."""
+    """(Hugging Face repo id or None, file name) timm downloads for ``model_name``."""
     cfg = pretrained_config(model_name)
-    return getattr(cfg, "hf_hub_id", None), getattr(cfg, "hf_hub_filename", None) or "model.safetensors"
+    return (getattr(cfg, "hf_hub_id", None),
+            getattr(cfg, "hf_hub_filename", None) or "model.safetensors")
 
 
 def hub_weights_file(model_name: str) -> Optional[str]:
@@ -142,8 +136,10 @@ def hub_weights_file(model_name: str) -> Optional[str]:
     repo, name = hub_source(model_name)
     if not repo:
         return None
-    for candidate in (name, "model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, candidate)
+    repo_id, _, revision = repo.partition("@")
+    for candidate in dict.fromkeys((name, "model.safetensors", "open_clip_pytorch_model.bin",
+                                    "pytorch_model.bin")):
+        path = try_to_load_from_cache(repo_id, candidate, revision=revision or None)
         if isinstance(path, str) and Path(path).is_file():
             return path
     return None
@@ -155,20 +151,16 @@ def offline_weights_help(model_name: str) -> str:
     if repo is None:
         return (f"timm has no hub weights registered for '{model_name}'; pass a local file with "
                 "model.pretrained_file=PATH or use model.pretrained=false.")
-    return (f"timm expects the file '{fname}' of https://huggingface.co/{repo}. On a machine with "
-            f"internet run `hf download {repo} {fname} --local-dir weights/` (older huggingface_hub: "
-            f"`huggingface-cli download ...`), or `python -c \"import timm; timm.create_model('"
-            f"{model_name}', pretrained=True)\"` and take {fname} from ~/.cache/huggingface/hub/; "
-            f"copy it here and pass --set model.pretrained_file=weights/{fname} "
-            "(or model.pretrained=false for random weights). Set HF_HUB_OFFLINE=1 to skip the "
-            "download attempt.")
-
-
-_SUPPORTED_MODELS: set[str] = set()  # arguments check_backbone accepted in this process
+    return (f"timm expects the file '{fname}' of https://huggingface.co/{repo}. On a machine "
+            f"with internet run `hf download {repo} {fname} --local-dir weights/` (older "
+            f"huggingface_hub: `huggingface-cli download ...`), or `python -c \"import timm; "
+            f"timm.create_model('{model_name}', pretrained=True)\"` and take {fname} from "
+            f"~/.cache/huggingface/hub/; copy it here and pass --set model.pretrained_file="
+            f"weights/{fname} (or model.pretrained=false for random weights). Set "
+            "HF_HUB_OFFLINE=1 to skip the download attempt.")
 
 
 def _qkv_layers(model: nn.Module) -> Optional[list[Optional[nn.Module]]]:
-    """``block.attn.qkv`` of every block (None where absent); None if there are no blocks."""
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
         return None
@@ -178,13 +170,10 @@ def _qkv_layers(model: nn.Module) -> Optional[list[Optional[nn.Module]]]:
 @torch.random.fork_rng(devices=[])  # the run's random stream stays untouched
 def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, Any]] = None,
                    key: str = "model.name") -> None:
-    """Refuse a timm model the method cannot adapt, before any weights are read or downloaded:
-    built on the meta device (no memory, no weights) with the run's arguments, it must be a ViT
-    whose every block calls a fused ``attn.qkv`` Linear in its forward pass, and must still run
-    once LoRA wraps those layers. Raises :class:`UnsupportedModelError` naming ``key``."""
+    """Raise :class:`UnsupportedModelError` (naming ``key``) unless the model, built on the meta
+    device before any weights load, calls a fused ``attn.qkv`` in every block and runs with LoRA."""
     from .lora import inject_lora
-    extra = dict(kwargs or {}, num_classes=0)
-    extra.setdefault("img_size", img_size)
+    extra = {"img_size": img_size, **(kwargs or {}), "num_classes": 0}
     memo = repr((name, sorted(extra.items(), key=str)))
     if memo in _SUPPORTED_MODELS:
         return
@@ -220,12 +209,11 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
             raise UnsupportedModelError(f"{label}: block {i} has no fused attn.qkv Linear (its "
                                         f"attention is {type(attn).__name__}). {SUPPORTED}")
     calls: set[int] = set()
-    hooks = [q.register_forward_hook(lambda *_, i=i: calls.add(i)) for i, q in enumerate(layers)]
+    for i, q in enumerate(layers):  # the hooks stay: this meta model is thrown away
+        q.register_forward_hook(lambda *_, i=i: calls.add(i))
     x = torch.empty(1, 3, img_size, img_size, device="meta")  # the data: RGB, model.img_size
     _forward_or_refuse(model, x, f"{label} does not run on {img_size}x{img_size} RGB images "
                                  f"(model.img_size) with model.kwargs {kwargs or {}}")
-    for h in hooks:
-        h.remove()
     if len(calls) < len(layers):
         attn = type(model.blocks[min(set(range(len(layers))) - calls)].attn).__name__
         raise UnsupportedModelError(f"{label}: its attention ({attn}) does not call the attn.qkv "
@@ -237,7 +225,6 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
 
 
 def _forward_or_refuse(model: nn.Module, x: Tensor, problem: str, advice: str = "") -> None:
-    """One forward pass; any failure is an :class:`UnsupportedModelError` saying ``problem``."""
     try:
         with torch.no_grad():
             model(x)
@@ -247,19 +234,16 @@ def _forward_or_refuse(model: nn.Module, x: Tensor, problem: str, advice: str = 
 
 
 def check_hub_reachable(name: str) -> None:
-    """Fail fast without internet: unless the hub weights of ``name`` are cached, one request
-    (no retries) must reach the hub, else a :class:`WeightsError` says how to get the file."""
+    """Unless cached, one request (no retries) must reach the hub, else say how to get the file."""
     import huggingface_hub as hf  # a dependency of timm
     from huggingface_hub.utils import HfHubHTTPError
     repo, fname = hub_source(name)
-    if repo is None:
-        return
+    if repo is None or hub_weights_file(name):
+        return  # cached: the hub falls back to it at once when offline
     repo_id, _, revision = repo.partition("@")
-    for f in dict.fromkeys([fname, "model.safetensors", "pytorch_model.bin"]):
-        if isinstance(hf.try_to_load_from_cache(repo_id, f, revision=revision or None), str):
-            return  # cached: the hub falls back to it at once when offline
     try:
-        hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, fname, revision=revision or None), timeout=10)
+        hf.get_hf_file_metadata(hf.hf_hub_url(repo_id, fname, revision=revision or None),
+                                timeout=10)
     except HfHubHTTPError:
         return  # the hub answered (e.g. another file name): let timm go on
     except Exception as exc:  # noqa: BLE001 - no network, offline mode, proxy, DNS, timeout
@@ -271,11 +255,9 @@ def check_hub_reachable(name: str) -> None:
 def create_backbone(name: str, pretrained: bool = True, pretrained_file: Optional[str] = None,
                     img_size: int = 224, fused_attn: bool = True,
                     kwargs: Optional[dict[str, Any]] = None) -> nn.Module:
-    """A timm ViT with its classifier removed (``num_classes=0``); features = pooled tokens.
-    Weights: ``pretrained_file`` when given, else the hub when ``pretrained``, else random."""
+    """A headless timm ViT; weights from ``pretrained_file``, else the hub if ``pretrained``."""
     check_backbone(name, img_size, kwargs)  # also refuses unknown names and models without blocks
-    extra = dict(kwargs or {}, num_classes=0)
-    extra.setdefault("img_size", img_size)
+    extra = {"img_size": img_size, **(kwargs or {}), "num_classes": 0}
     use_hub = pretrained and not pretrained_file
     if use_hub:
         check_hub_reachable(name)

@@ -1,13 +1,8 @@
-"""The continual model (a timm ViT with LoRA-wrapped qkv projections) and its task heads.
-
-One linear head per task: the current one trains alone, all of them are concatenated at
-evaluation (class-incremental: argmax over every class seen so far). Starting weights (``init``):
-``official`` -- what the official code's head handling produces: task 0 timm's ViT head init
-(truncated normal, std 0.02, bias 0); task 1 a copy of task 0's trained head (the official code
-keeps its head when the next task has as many classes); tasks >= 2 PyTorch's default
-``nn.Linear`` init (the official code re-creates the head). ``fresh`` -- PyTorch's default
-``nn.Linear`` init for every task (not the official code)."""
-from __future__ import annotations
+"""The continual model (a timm ViT with LoRA-wrapped qkv) and one Linear head per task (the
+current one trains alone; all are concatenated at evaluation). Head ``init``: ``official`` as the
+official code: timm's ViT head init for task 0 (truncated normal, std 0.02, bias 0), a copy of
+task 0's trained head for task 1 if the class counts match, else PyTorch's default ``nn.Linear``
+init; ``fresh``: PyTorch's default for every task."""
 
 from typing import Optional, Sequence
 
@@ -24,8 +19,7 @@ class TaskHeads(nn.Module):
 
     def __init__(self, in_features: int) -> None:
         super().__init__()
-        self.in_features = in_features
-        self.heads = nn.ModuleList()
+        self.in_features, self.heads = in_features, nn.ModuleList()
 
     def add_head(self, num_classes: int, init: str = "fresh") -> nn.Linear:
         """Append the next task's head, initialised by ``init`` (see the module docstring)."""

@@ -1,8 +1,6 @@
-"""LoRA on slices of a fused qkv projection, wrapping timm's ``attn.qkv`` Linear (kept as
-``base_layer``, as peft does): for each target slice s in (q, k, v) the current task adds
-``B_s A_s x`` (scale 1) to the rows of s. A is frozen unless a method trains it, B starts at
-zero; ``merge()`` folds ``W <- W + B A`` (float32) for good, so finished tasks cost nothing."""
-from __future__ import annotations
+"""LoRA on slices of timm's fused ``attn.qkv`` Linear (kept as ``base_layer``, as peft does): the
+current task adds ``B_s A_s x`` (scale 1) to the rows of each target slice s of (q, k, v); A is
+frozen unless a method trains it, B starts at 0; ``merge()`` folds ``W += B A`` (float32)."""
 
 import logging
 import math
@@ -18,8 +16,8 @@ log = logging.getLogger(__name__)
 
 def kaiming_uniform_A(rank: int, dim: int, generator: Optional[torch.Generator] = None,
                       dtype: torch.dtype = torch.float32) -> Tensor:
-    """(rank, dim) A drawn as PyTorch's default Linear init (Kaiming-uniform, a = sqrt(5)):
-    U(-b, b) with b = sqrt(2 / (1 + 5)) * sqrt(3 / dim) = 1 / sqrt(dim)."""
+    """(rank, dim) A as nn.Linear's default init (Kaiming-uniform, a = sqrt(5)): U(-b, b),
+    b = 1 / sqrt(dim)."""
     bound = 1.0 / math.sqrt(dim)
     return torch.empty(rank, dim, dtype=dtype).uniform_(-bound, bound, generator=generator)
 
@@ -28,7 +26,8 @@ class LoRAQKV(nn.Module):
     """``base_layer(x)`` plus a rank-r update on the target slices of its output. Shapes:
     base_layer Linear(d -> 3w); lora_A (n_targets, r, d); lora_B (n_targets, w, r)."""
 
-    def __init__(self, base_layer: nn.Linear, rank: int, targets: Sequence[str] = ("k", "v")) -> None:
+    def __init__(self, base_layer: nn.Linear, rank: int,
+                 targets: Sequence[str] = ("k", "v")) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3:
             raise TypeError(f"expected a fused qkv nn.Linear, got {base_layer}")
@@ -52,20 +51,16 @@ class LoRAQKV(nn.Module):
             dw[self.slice_rows(t)] = self.lora_B[i] @ self.lora_A[i]
         return dw
 
-    def _stacked_B(self) -> Tensor:
-        """(3w, n r): each target's B at its slice rows and rank columns (one matmul for all)."""
-        n, w, r = self.lora_B.shape
-        out = self.lora_B.new_zeros(3 * w, n * r)
-        for i, t in enumerate(self.targets):
-            out[self.slice_rows(t), i * r:(i + 1) * r] = self.lora_B[i]
-        return out
-
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
         if not self.active:  # no adapter: finished tasks live in the base weight
             return out
-        z = F.linear(x, self.lora_A.reshape(-1, self.in_features))  # all targets: one matmul
-        return out + F.linear(z, self._stacked_B())
+        n, w, r = self.lora_B.shape  # every target in one matmul: A as (n r, d), B as (3w, n r)
+        stacked_B = self.lora_B.new_zeros(3 * w, n * r)
+        for i, t in enumerate(self.targets):
+            stacked_B[self.slice_rows(t), i * r:(i + 1) * r] = self.lora_B[i]
+        z = F.linear(x, self.lora_A.reshape(-1, self.in_features))
+        return out + F.linear(z, stacked_B)
 
     @torch.no_grad()
     def set_adapter(self, a: Tensor) -> None:
@@ -89,8 +84,7 @@ class LoRAQKV(nn.Module):
 
 
 def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[LoRAQKV]:
-    """Replace ``block.attn.qkv`` of every block of a timm ViT by :class:`LoRAQKV`; returns the
-    wrappers in block order."""
+    """Wrap ``block.attn.qkv`` of every block in :class:`LoRAQKV`; the wrappers in block order."""
     blocks = getattr(backbone, "blocks", None)
     if blocks is None:
         raise TypeError(f"{type(backbone).__name__} has no .blocks: not a timm Vision Transformer")
@@ -111,5 +105,4 @@ def inject_lora(backbone: nn.Module, rank: int, targets: Sequence[str]) -> list[
 
 
 def lora_parameters(wrappers: Iterable[LoRAQKV], with_A: bool = False) -> list[nn.Parameter]:
-    """The LoRA parameters that train: every wrapper's B, and its A too when ``with_A``."""
     return [p for w in wrappers for p in ((w.lora_B, w.lora_A) if with_A else (w.lora_B,))]

@@ -1,9 +1,4 @@
-"""The training and evaluation passes of a task (docs/protocol.md, points 6, 9-15, 24).
-
-The backbone stays in eval mode throughout, as in the official code (only LoRA and the head
-train; a ViT without dropout behaves identically either way).
-"""
-from __future__ import annotations
+"""The training and evaluation passes of a task (docs/protocol.md, points 6, 9-15, 24)."""
 
 import contextlib
 import logging
@@ -24,8 +19,8 @@ class TrainConfig:
     """Optimisation of each task (AdamW, multistep schedule per epoch)."""
 
     epochs: int = 10  # epochs per task
-    # timm's multistep schedule as the official code steps it: epoch e (1-based) runs at
-    # lr x gamma^(number of milestones <= e); [5, 8]: epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr
+    # epoch e (1-based) runs at lr x gamma^(number of milestones <= e), as the official code
+    # steps timm's multistep schedule; [5, 8]: epochs 1-4 at lr, 5-7 at 0.1 lr, 8-10 at 0.01 lr
     milestones: list[int] = field(default_factory=lambda: [5, 8])
     gamma: float = 0.1  # decay factor at each milestone
     lr: float = 1e-3  # AdamW lr of LoRA B
@@ -35,12 +30,11 @@ class TrainConfig:
     expand_times: int = 10  # the task's training set is repeated this many times per epoch
     temperature: float = 30.0  # cross-entropy on logits / temperature
     amp: str = "auto"  # autocast: auto = fp16 with a grad scaler on CUDA, off on CPU
-    # data-loading worker processes; auto = the CPUs this process may use (shared by the
-    # torchrun processes of this machine) minus one
+    # data-loading workers; auto = usable CPUs / torchrun processes of this machine - 1
     num_workers: Union[int, str] = "auto"
     tf32: bool = True  # allow TF32 matmuls on CUDA (the official code sets precision 'high')
     compile: bool = False  # torch.compile the training forward (eager if compilation fails)
-    max_bad_steps: int = 20  # fp16: consecutive non-finite losses tolerated (skipped) before stopping
+    max_bad_steps: int = 20  # fp16: consecutive non-finite losses skipped before stopping
 
 
 class NumericalError(FloatingPointError):
@@ -48,7 +42,6 @@ class NumericalError(FloatingPointError):
 
 
 def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """autocast dtype for ``train.amp``: auto = fp16 on CUDA, off (None) on CPU."""
     if amp == "auto":
         return torch.float16 if device.type == "cuda" else None
     return {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}[amp]
@@ -65,24 +58,20 @@ def progress_bar(iterable: Iterable, desc: str, enabled: bool = True):
 
 def make_optimizer(lora_params: Sequence[nn.Parameter], head_params: Sequence[nn.Parameter],
                    cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups: LoRA at ``cfg.lr``, the head at ``cfg.head_lr``; same decay."""
     groups = [{"params": list(lora_params), "lr": cfg.lr, "name": "lora"},
               {"params": list(head_params), "lr": cfg.head_lr, "name": "head"}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """The official schedule: timm's ``MultiStepLRScheduler`` stepped once per epoch, ``step(0)``
-    before the first epoch and ``step(e)`` after epoch e. timm compares the milestones with
-    ``t + 1``, so epoch e (1-based) runs at ``lr * gamma ** |{m in milestones : m <= e}|``."""
+    """timm's ``MultiStepLRScheduler``, stepped officially: step(0), then step(e) after epoch e."""
     from timm.scheduler import MultiStepLRScheduler
     return MultiStepLRScheduler(optimizer, decay_t=list(cfg.milestones), decay_rate=cfg.gamma,
                                 t_in_epochs=True)
 
 
 class CompiledForward:
-    """``torch.compile(module)``, falling back to eager mode for good when compilation fails
-    (no compiler, an unsupported platform or graph). Any other error propagates."""
+    """``torch.compile(module)``, eager for good once compilation fails (other errors propagate)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -122,18 +111,13 @@ def train_task(model: nn.Module, task: int, batches: Iterable, label_offset: int
                progress: bool = True, step_hook: Optional[Callable[[], None]] = None,
                extra_loss: Optional[Callable[[Tensor, Tensor], Optional[Tensor]]] = None,
                monitor=None) -> list[EpochStats]:
-    """Train the current adapter and head on one task for ``cfg.epochs`` epochs.
-
-    Labels of ``batches`` are global; the loss sees task-local labels on the current head:
-    ``cross_entropy(logits / temperature, y) + extra_loss(logits, y)`` (a method's extra term,
-    None for none). ``step_hook()`` runs after every optimizer step; a ``monitor`` (run logs)
-    gets ``train_step(loss, lrs)`` after every step and ``epoch(stats)`` after every epoch.
-    """
+    """Train the adapter and head for ``cfg.epochs`` epochs on task-local labels ``y``:
+    ``cross_entropy(logits / temperature, y) + extra_loss(logits, y)`` (None: no term)."""
     optimizer = make_optimizer(lora_params, head_params, cfg)
     scheduler = make_scheduler(optimizer, cfg)
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    model.eval()
+    model.eval()  # the backbone stays in eval mode, as in the official code (no dropout anyway)
     stats: list[EpochStats] = []
     bad_streak = 0  # with fp16 + scaler an overflowing step is skipped, as GradScaler does
     forward = CompiledForward(model) if cfg.compile else model
@@ -157,10 +141,9 @@ def train_task(model: nn.Module, task: int, batches: Iterable, label_offset: int
             if not torch.isfinite(loss):
                 bad_streak += 1
                 if not use_scaler or bad_streak > cfg.max_bad_steps:
-                    raise NumericalError(
-                        f"non-finite training loss ({loss.item()}) at task {task}, epoch "
-                        f"{epoch + 1}, step {step}" + (f" ({bad_streak} steps in a row)"
-                                                       if use_scaler else ""))
+                    streak = f" ({bad_streak} steps in a row)" if use_scaler else ""
+                    raise NumericalError(f"non-finite training loss ({loss.item()}) at task "
+                                         f"{task}, epoch {epoch + 1}, step {step}{streak}")
                 log.warning("non-finite loss at task %d epoch %d step %d: step skipped",
                             task, epoch + 1, step)
                 optimizer.zero_grad(set_to_none=True)
@@ -174,11 +157,9 @@ def train_task(model: nn.Module, task: int, batches: Iterable, label_offset: int
                 step_hook()
             if monitor is not None:
                 monitor.train_step(loss.detach(), lrs)
-            steps += 1
-            n = images.shape[0]
-            loss_sum += loss.detach() * n
+            steps, seen = steps + 1, seen + images.shape[0]
+            loss_sum += loss.detach() * images.shape[0]
             correct += (logits.detach().argmax(1) == target).sum()
-            seen += n
         scheduler.step(epoch + 1)
         s = EpochStats(epoch + 1, lrs.get("lora", lrs.get("head")), lrs.get("head"),
                        float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1),

@@ -8,15 +8,8 @@
     evaluate(batches)  class-incremental accuracy (argmax over every head)
     state_dict()       what the checkpoint keeps of the method (``load_state_dict`` restores it)
 
-The base class *is* sequential LoRA (a fresh Kaiming A per task, nothing split). A method is a
-subclass in its own file under ``splitlora/methods/``, with its hyper-parameters as a dataclass
-``Params`` (the config section ``method.<name>``; ``Params.validate`` checks its values), and
-is registered by name in ``splitlora/methods/__init__.py``.
-
-Randomness of each task (head init, A draws, data order) derives from (seed, task, stream), so
-a run resumed after task t continues exactly as an uninterrupted one.
-"""
-from __future__ import annotations
+The base class *is* sequential LoRA; a method subclasses it (docs/extending.md). Each task's
+randomness derives from (seed, task, stream), so a resumed run continues exactly."""
 
 import enum
 from dataclasses import dataclass
@@ -47,9 +40,8 @@ def require(ok: bool, key: str, value: Any, requirement: str) -> None:
 
 @dataclass
 class MethodParams:
-    """Base of a method's hyper-parameters (the config section ``method.<name>``): a subclass
-    adds its fields, lists the allowed values of some in ``CHOICES`` (checked here, and shown
-    in docs/config.md) and extends ``validate`` with its ranges."""
+    """Base of a method's hyper-parameters (section ``method.<name>``): allowed values go in
+    ``CHOICES`` (checked here, listed in docs/config.md), ranges in ``validate``."""
 
     CHOICES: ClassVar[dict[str, tuple]] = {}
 
@@ -79,13 +71,9 @@ class Stream(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Task:
-    """One task, as the run hands it to the learner's hooks.
-
-    ``batches()``: the training batches (``iter()`` once per epoch; labels are global, so
-    ``label_offset + j`` is the task's class j). ``data_pass(plain=False)``: one pass over the
-    task's training data in the training loader's form (training transforms, x expand_times),
-    or with ``plain`` the evaluation transform, each image once.
-    """
+    """One task. ``batches()``: the training batches (one ``iter()`` per epoch; global labels:
+    class j is ``label_offset + j``). ``data_pass(plain=False)``: one pass over the training data
+    as trained on (x expand_times), or with ``plain`` in the evaluation transform, each once."""
 
     index: int
     num_classes: int
@@ -104,17 +92,11 @@ class Learner:
     def __init__(self, model: ContinualViT, device: torch.device, train: TrainConfig,
                  params: Any = None, *, seed: int = 0, num_tasks: int = 1,
                  head_init: str = "official", progress: bool = False) -> None:
-        self.model = model
-        self.device = device
-        self.train_cfg = train
+        self.model, self.device, self.train_cfg, self.progress = model, device, train, progress
         self.params = params if params is not None else self.Params()
-        self.seed = seed
-        self.num_tasks = num_tasks
-        self.head_init = head_init
-        self.progress = progress
+        self.seed, self.num_tasks, self.head_init = seed, num_tasks, head_init
         self.amp_dtype = engine.resolve_amp(train.amp, device)
-        # per task: frozen (old-task) directions per block, and the share of the old tasks'
-        # spectrum left in the free subspace (None where the method does not split)
+        # per task and block: frozen directions, old-task spectrum left free (None: no split)
         self.split_dims: list[Optional[list[int]]] = []
         self.interference: list[Optional[list[float]]] = []
 
@@ -129,7 +111,6 @@ class Learner:
         """Seed the global RNGs for task ``task`` (head init, single-process transforms)."""
         torch.manual_seed(derived_seed(self.seed, task, Stream.TASK))
 
-    # ----------------------------------------------------------------- lifecycle
     def before_task(self, task: Task) -> None:
         """New head and adapters: per block, one ``init_A`` draw per target slice, B = 0."""
         self.seed_task(task.index)
@@ -148,8 +129,7 @@ class Learner:
         return False
 
     def trainable(self, task: int) -> tuple[list, list]:
-        """(LoRA parameters, head parameters) trained on ``task``: every block's B (and A when
-        ``trains_A()``) and the task's own head."""
+        """(LoRA, head) parameters of ``task``: every B (A too if ``trains_A()``), its head."""
         return (lora_parameters(self.model.adapters, with_A=self.trains_A()),
                 list(self.model.heads.heads[task].parameters()))
 
@@ -162,8 +142,7 @@ class Learner:
 
     def train_task(self, task: Task, monitor=None) -> list[engine.EpochStats]:
         lora, head = self.trainable(task.index)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model.requires_grad_(False)
         for p in lora + head:
             p.requires_grad_(True)
         net = self.model
@@ -195,7 +174,6 @@ class Learner:
         return engine.evaluate(self.model, batches, self.device, self.amp_dtype, desc,
                                self.progress)
 
-    # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"split_dims": self.split_dims, "interference": self.interference}
 

@@ -1,12 +1,6 @@
-"""Class-incremental metrics from per-task correct/total counts (docs/protocol.md).
-
-R[t, j] = accuracy (%) on task j's val set after training task t (argmax over all seen
-classes); Acc_t = sample-weighted accuracy over tasks 0..t after task t; final accuracy =
-Acc_{T-1}; average incremental accuracy = mean_t Acc_t; forgetting = mean over j < T-1 of
-(max_t R[t, j] - R[T-1, j]), the max taken over every t >= j; undefined (None) after a single
-task.
-"""
-from __future__ import annotations
+"""Class-incremental metrics from per-task correct/total counts (docs/protocol.md). R[t, j] =
+accuracy (%) on task j's val set after task t; Acc_t = sample-weighted accuracy over tasks 0..t;
+final = Acc_{T-1}; average incremental = mean_t Acc_t; forgetting: see :func:`forgetting`."""
 
 from typing import Optional
 
@@ -24,28 +18,19 @@ class AccuracyTracker:
     def update(self, t: int, j: int, correct: int, total: int) -> None:
         if j > t:
             raise ValueError(f"task {j} cannot be evaluated after training only up to task {t}")
-        self.correct[t, j] = correct
-        self.total[t, j] = total
+        self.correct[t, j], self.total[t, j] = correct, total
 
     def tasks_done(self) -> int:
         """Number of leading rows fully evaluated."""
-        n = 0
-        for t in range(self.num_tasks):
-            if (self.total[t, : t + 1] < 0).any():
-                break
-            n += 1
-        return n
+        return next((t for t in range(self.num_tasks) if (self.total[t, : t + 1] < 0).any()),
+                    self.num_tasks)
 
     def acc_matrix(self) -> list[list[Optional[float]]]:
         """T x T accuracy in percent, None above the diagonal and for rows not reached."""
-        out: list[list[Optional[float]]] = []
-        for t in range(self.num_tasks):
-            row = []
-            for j in range(self.num_tasks):
-                tot = self.total[t, j]
-                row.append(None if j > t or tot <= 0 else 100.0 * self.correct[t, j] / tot)
-            out.append(row)
-        return out
+        n = self.num_tasks
+        return [[None if j > t or self.total[t, j] <= 0
+                 else 100.0 * self.correct[t, j] / self.total[t, j] for j in range(n)]
+                for t in range(n)]
 
     def acc_after_task(self) -> list[float]:
         """Acc_t (sample-weighted over tasks 0..t) for every completed t, percent."""
@@ -54,16 +39,12 @@ class AccuracyTracker:
 
     def summary(self) -> dict:
         """Metrics after the last completed task (final = Acc of that task)."""
-        done = self.tasks_done()
-        accs = self.acc_after_task()
-        return {
-            "acc_matrix": self.acc_matrix(),
-            "acc_per_task": accs,
-            "final_acc": accs[-1] if accs else None,
-            "avg_inc_acc": float(np.mean(accs)) if accs else None,
-            "forgetting": forgetting(self.acc_matrix(), done - 1) if done else None,
-            "eval_counts": {"correct": self.correct.tolist(), "total": self.total.tolist()},
-        }
+        accs = self.acc_after_task()  # one per completed task
+        return {"acc_matrix": self.acc_matrix(), "acc_per_task": accs,
+                "final_acc": accs[-1] if accs else None,
+                "avg_inc_acc": float(np.mean(accs)) if accs else None,
+                "forgetting": forgetting(self.acc_matrix(), len(accs) - 1) if accs else None,
+                "eval_counts": self.state_dict()}
 
     def state_dict(self) -> dict:
         return {"correct": self.correct.tolist(), "total": self.total.tolist()}
@@ -74,8 +55,7 @@ class AccuracyTracker:
 
 
 def forgetting(matrix: list[list[Optional[float]]], last: int) -> Optional[float]:
-    """Mean over j < last of (max over t in [j, last] of R[t][j]) - R[last][j]; None (no
-    old task, nothing to forget) when ``last`` is 0, e.g. for a single-task (joint) run."""
+    """Mean over j < last of max_{t in [j, last]} R[t][j] - R[last][j]; None when ``last`` is 0."""
     if last <= 0:
         return None
     drops = [max(matrix[t][j] for t in range(j, last + 1)) - matrix[last][j] for j in range(last)]
@@ -84,8 +64,7 @@ def forgetting(matrix: list[list[Optional[float]]], last: int) -> Optional[float
 
 def format_matrix(matrix: list[list[Optional[float]]]) -> str:
     """The accuracy matrix as aligned text (rows: after task t, columns: task j)."""
-    n = len(matrix)
-    lines = ["after \\ task " + " ".join(f"{j:>6d}" for j in range(n))]
+    lines = ["after \\ task " + " ".join(f"{j:>6d}" for j in range(len(matrix)))]
     for t, row in enumerate(matrix):
         cells = " ".join(f"{v:6.2f}" if v is not None else "     -" for v in row)
         lines.append(f"{t:>12d} {cells}")

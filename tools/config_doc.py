@@ -4,12 +4,8 @@
     python tools/config_doc.py            # rewrite docs/config.md
     python tools/config_doc.py --check    # exit 1 if docs/config.md differs (a test runs this)
 
-Every key of the schema (``splitlora/run/config.py``, the training section of
-``splitlora/engine.py`` and each method's ``Params``) is listed with its default and the
-comment beside it in the code (comment lines just above a field belong to it too), plus the
-allowed values the validators and registries declare.
-"""
-from __future__ import annotations
+Each key of the schema is listed with its default, its comment in the code (comment lines just
+above included) and the allowed values the validators and registries declare."""
 
 import argparse
 import ast
@@ -50,36 +46,30 @@ schema after a run was made counts at its default for that run.
 
 
 def _comments(cls: type) -> dict[str, str]:
-    """Field name -> the comment on its line, after any comment lines just above it (from the
-    class and its bases; a class made at run time, like the method section, has none)."""
+    """Field name -> its comments in the class and its bases (none for a class made at run time)."""
     out: dict[str, str] = {}
     for base in reversed(cls.__mro__):
         try:
-            out.update(_own_comments(base))
+            source = inspect.getsource(base)
+            body = ast.parse(source).body[0].body
         except (OSError, TypeError, IndexError):
-            pass
-    return out
-
-
-def _own_comments(cls: type) -> dict[str, str]:
-    source = inspect.getsource(cls)
-    lines = source.splitlines()
-    inline = {tok.start[0]: tok.string.lstrip("#").strip()
-              for tok in tokenize.generate_tokens(io.StringIO(source).readline)
-              if tok.type == tokenize.COMMENT}
-    out = {}
-    for node in ast.parse(source).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            row, above = node.lineno, []
-            while row - 1 - len(above) >= 1 and lines[row - 2 - len(above)].strip().startswith("#"):
-                above.insert(0, inline.get(row - 1 - len(above), ""))
-            own = [inline[row]] if row in inline and not lines[row - 1].strip().startswith("#") else []
-            out[node.target.id] = " ".join(p for p in above + own if p)
+            continue
+        lines = source.splitlines()
+        inline = {tok.start[0]: tok.string.lstrip("#").strip()
+                  for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if tok.type == tokenize.COMMENT}
+        for node in body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                row = first = node.lineno
+                while first > 1 and lines[first - 2].strip().startswith("#"):
+                    first -= 1
+                notes = [inline.get(r, "") for r in range(first, row + 1)]
+                out[node.target.id] = " ".join(p for p in notes if p)
     return out
 
 
 def _value(f: dataclasses.Field) -> str:
-    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore
     if value is None:
         return "`null`"
     if isinstance(value, bool):
@@ -93,8 +83,8 @@ def _choices() -> dict[str, list[str]]:
     from splitlora.methods import METHODS
     out = {k: [str(v).lower() if isinstance(v, bool) else str(v) for v in vals]
            for k, vals in schema.CHOICES.items()}
-    for name, cls in METHODS.items():
-        out.update({f"method.{name}.{k}": [str(v) for v in vals] for k, vals in cls.Params.CHOICES.items()})
+    out.update({f"method.{name}.{k}": [str(v) for v in vals]
+                for name, cls in METHODS.items() for k, vals in cls.Params.CHOICES.items()})
     out["method.name"] = list(METHODS)
     out["dataset.name"] = sorted(BENCHMARKS)
     return out
@@ -112,14 +102,14 @@ def _table(cls: type, prefix: str, choices: dict[str, list[str]]) -> tuple[list[
         note = notes.get(f.name) or ("the method that runs (docs/results.md describes each)"
                                      if key == "method.name" else "")
         note = (note + "." if note and not note.endswith(".") else note).replace("|", "\\|")
-        allowed = " One of: " + ", ".join(f"`{c}`" for c in choices[key]) + "." if key in choices else ""
+        allowed = (" One of: " + ", ".join(f"`{c}`" for c in choices[key]) + "."
+                   if key in choices else "")
         flag = " *(resumable)*" if key in schema.RESUMABLE_KEYS else ""
         rows.append(f"| `{key}` | {_value(f)} | {note}{allowed}{flag} |")
     return rows, nested
 
 
 def render() -> str:
-    """The whole of docs/config.md."""
     out, choices = [HEADER], _choices()
     queue: list[tuple[str, type]] = [("", schema.schema())]
     while queue:
@@ -140,13 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if docs/config.md is not current")
     args = p.parse_args(argv)
     text = render()
-    if args.check:
-        if (OUTPUT.read_text() if OUTPUT.is_file() else "") != text:
-            print(f"error: {OUTPUT} is not current: run python tools/config_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"written: {OUTPUT}")
+    if args.check and (OUTPUT.read_text() if OUTPUT.is_file() else "") != text:
+        print(f"error: {OUTPUT} is not current: run python tools/config_doc.py", file=sys.stderr)
+        return 1
+    if not args.check:
+        OUTPUT.write_text(text)
+        print(f"written: {OUTPUT}")
     return 0
 
 

@@ -5,15 +5,10 @@
     python tools/measure.py --amp bf16 --compile --json figures.json
     python tools/measure.py --small                # a small ViT at 32 px: seconds on a CPU
 
-Times the three passes of a run on synthetic batches already on the device: the training step
-(LoRA B and the head, AdamW, autocast with a grad scaler for fp16), the covariance pass (fp32,
-as the protocol) and the evaluation forward; then the training loader (the project's datasets,
-transforms and decode cache, auto workers) on generated 500x375 JPEGs (ImageNet-R, DomainNet)
-and 32x32 PNGs (CIFAR-100). A setting's projected wall time: its training, covariance and
-evaluation samples (fixed by the protocol) each divided by the slower of the pass's rate and
-the loader's; start-up and per-task overheads are not included.
-"""
-from __future__ import annotations
+Times the training step, the covariance pass (fp32) and the evaluation forward on synthetic
+batches on the device, and the project's training loader on generated 500x375 JPEGs and 32x32
+PNGs. A setting's projection: each pass's samples (fixed by the protocol) over the slower of its
+rate and the loader's; start-up and per-task overheads are not included."""
 
 import argparse
 import json
@@ -42,6 +37,8 @@ from splitlora.engine import TrainConfig, autocast, make_optimizer, resolve_amp 
 DATASETS = {"imagenet_r": (24_000, 6_000, "jpeg"), "domainnet": (47_532, 20_450, "jpeg"),
             "cifar100": (50_000, 10_000, "png")}
 SMALL = {"img_size": 32, "kwargs": {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}}
+FORMATS = {"jpeg": ((500, 375), "JPEG", "imagenet", "bilinear"),
+           "png": ((32, 32), "PNG", "cifar10", "bicubic")}
 
 
 def positive(text: str) -> int:
@@ -57,13 +54,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--small", action="store_true", help="a small ViT at 32 px, few steps (CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--amp", choices=("fp16", "bf16", "off"), default=None,
-                   help="autocast of training and evaluation (default: fp16 on CUDA, off on CPU)")
-    p.add_argument("--batch-size", type=positive, default=None, help="default 256 (32 --small)")
-    p.add_argument("--steps", type=positive, default=None, help="timed steps (default 20, 3 --small)")
+    p.add_argument("--amp", choices=("fp16", "bf16", "off"), help="default fp16 (CUDA), off (CPU)")
+    p.add_argument("--batch-size", type=positive, help="default 256 (32 --small)")
+    p.add_argument("--steps", type=positive, help="timed steps (default 20, 3 --small)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    p.add_argument("--loader-images", type=positive, default=None,
-                   help="generated images per format for the loader (default 512, 48 --small)")
+    p.add_argument("--loader-images", type=positive, help="per format (default 512, 48 --small)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     args = p.parse_args(argv)
     try:
@@ -76,17 +71,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def timed(step: Callable[[], None], steps: int, device: torch.device) -> float:
-    """Seconds per call of ``step`` after two warm-up calls."""
-    for _ in range(2):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / steps
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    run(2)
+    return run(steps) / steps
 
 
 def model_rates(args: argparse.Namespace, img: int, kwargs: dict, batch: int) -> dict:
@@ -102,8 +95,7 @@ def model_rates(args: argparse.Namespace, img: int, kwargs: dict, batch: int) ->
     head = model.heads.add_head(20, "fresh").to(device)
     images = torch.randn(batch, 3, img, img, device=device)
     labels = torch.randint(0, 20, (batch,), device=device)
-    lora = [a.lora_B for a in model.adapters]
-    opt = make_optimizer(lora, list(head.parameters()), TrainConfig())
+    opt = make_optimizer([a.lora_B for a in model.adapters], list(head.parameters()), TrainConfig())
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and device.type == "cuda")
     forward = torch.compile(model) if args.compile else model
     model.eval()
@@ -138,21 +130,16 @@ def model_rates(args: argparse.Namespace, img: int, kwargs: dict, batch: int) ->
 
 
 def loader_rate(kind: str, count: int, img: int, batch: int, folder: Path) -> float:
-    """Training images/s of the project's loader (decode cache, uint8, auto workers) on
-    ``count`` generated files of one kind: 500x375 JPEG or 32x32 PNG."""
-    size, fmt = ((500, 375), "JPEG") if kind == "jpeg" else ((32, 32), "PNG")
+    """Training images/s of the project's loader (decode cache, uint8) on ``count`` files."""
+    size, fmt, policy, interp = FORMATS[kind]
     root = folder / kind / "c0"
     root.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    base = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
     for i in range(count):  # smooth, photo-like content (noise would make decoding slower)
         pixels = np.asarray(Image.fromarray(np.roll(base, i, 0)).resize(size, Image.BILINEAR))
         Image.fromarray(pixels).save(root / f"{i}.{kind}", fmt)
-    images = FolderImageSet(root.parent, ["c0"], "train")
-    cached = TaskImageCache("on").for_classes(images, [0])
-    transform = tf.train_transform(img, "imagenet" if kind == "jpeg" else "cifar10",
-                                   "bilinear" if kind == "jpeg" else "bicubic",
-                                   (0.5,) * 3, (0.5,) * 3, "uint8")
+    cached = TaskImageCache("on").for_classes(FolderImageSet(root.parent, ["c0"], "train"), [0])
+    transform = tf.train_transform(img, policy, interp, (0.5,) * 3, (0.5,) * 3, "uint8")
     data = TaskDataset(cached, [0], 0, transform)
     workers = loading.resolve_workers("auto")
     batches = loading.batches(data, batch, torch.device("cpu"), workers, epochs=2)
@@ -177,8 +164,7 @@ def project(rates: dict, loaders: dict) -> dict:
     out = {}
     for setting, cfg in settings().items():
         tasks, (train, val, kind) = cfg.dataset.num_tasks, DATASETS[cfg.dataset.name]
-        cfg = cfg.train
-        feed = loaders[kind]
+        cfg, feed = cfg.train, loaders[kind]
         samples = {"train": train * cfg.expand_times * cfg.epochs,
                    "covariance": train // tasks * cfg.expand_times * (tasks - 1),
                    "eval": val * (tasks + 1) / 2}
@@ -195,8 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rates = model_rates(args, img, kwargs, batch)
     with tempfile.TemporaryDirectory() as tmp:
         count = args.loader_images or (48 if args.small else 512)
-        loaders = {k: loader_rate(k, count, img, min(batch, count), Path(tmp))
-                   for k in ("jpeg", "png")}
+        loaders = {k: loader_rate(k, count, img, min(batch, count), Path(tmp)) for k in FORMATS}
     projection = project(rates, loaders)
     device = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "CPU"
     print(f"{device}, {'small ViT, 32 px' if args.small else 'ViT-B/16, 224 px'}, batch {batch}, "
