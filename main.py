@@ -5,11 +5,8 @@
     python main.py --config configs/imagenet_r_10.yaml --set dataset.root=/data/imagenet-r
     python main.py --config FILE --set train.epochs=3 --set method.name=seq_lora --output DIR
 
-Outputs go to runs/<config name>/<method>[+key=value...]/seed<seed>/ unless --output is
-given (every --set key except those a run may change when it continues is in the name).
+Default run directory: runs/<name>/<method>[+KEY=VALUE per result-defining --set]/seed<seed>/.
 """
-from __future__ import annotations
-
 import argparse
 import signal
 import sys
@@ -24,16 +21,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="YAML config (default: configs/demo.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--output", default=None,
-                   help="run directory (default runs/<name>/<method>[+key=value...]/seed<seed>)")
+    p.add_argument("--output", help="run directory (default: see below)")
     p.add_argument("--seed", type=int, default=None, help="run seed (overrides the config's)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in the run directory after its last completed task "
-                        "(also the default when a checkpoint of the same config is there)")
-    p.add_argument("--force", action="store_true",
-                   help="start from scratch even if the run directory holds a run (of this or "
-                        "another config); the previous run's files are moved into "
-                        "<run dir>/replaced-<time>/")
+    p.add_argument("--resume", action="store_true", help="continue after the last completed "
+                   "task (the default when a checkpoint of the same config is there)")
+    p.add_argument("--force", action="store_true", help="start from scratch even over another "
+                   "run; its files are moved into <run dir>/replaced-<time>/")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     from splitlora.run.cli import run_cli
@@ -41,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_sigterm(signum: int, frame) -> None:
-    """SIGTERM stops a run as Ctrl-C does: the finished tasks stay checkpointed, no temporary
-    file is left behind (the write in progress is abandoned and its file removed)."""
+    """SIGTERM stops a run as Ctrl-C does: finished tasks stay checkpointed, no temporary file."""
     raise KeyboardInterrupt(f"signal {signum}")
 
 

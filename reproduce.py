@@ -10,24 +10,14 @@
     python reproduce.py --data-root /data --seeds 0 1 2 --summarize   # tables so far, states
     python reproduce.py --suite demo --cpu-jobs 2              # the demo, every method, CPU
 
-Data is read from DIR/cifar100, DIR/imagenet-r and DIR/domainnet (the outputs of the
-tools/split_*.py scripts), each overridable. Every run is one ``main.py`` process in
-OUTPUT/runs/<setting>/seed<seed>/ (other methods than splitlora in
-OUTPUT/runs/<setting>/<method>/seed<seed>/), its output in console.txt there. A complete run
-is skipped and an interrupted one resumes from its last completed task, so running the same
-command again continues a suite. --set applies to every run; the keys reproduce.py sets per
-run (name, method.name, seed, dataset.name, dataset.num_tasks, dataset.root) are refused.
-
-Locally (--launcher local): one run per GPU (or group of --gpus-per-run GPUs) at a time, CPU
-when there is none, a queue over the rest. Ctrl-C, SIGTERM or SIGHUP stop the running runs
-(each keeps its completed tasks) and wait for them; the runs also end if reproduce.py is
-killed. On Slurm (--launcher slurm): the runs are submitted as one job array through
-submitit (logs in OUTPUT/slurm/) and reproduce.py returns (--wait: it waits and writes the
-tables); a job at its time limit or preempted is requeued and resumes. OUTPUT/<table>.md and
-.csv (summary, ablation, compare, demo) hold the table, beside the paper's figures.
+Data: DIR/cifar100, DIR/imagenet-r, DIR/domainnet (made by tools/split_*.py), each overridable.
+Each run is one main.py process in OUTPUT/runs/<setting>/[<method>/]seed<seed>/ (no <method>/
+for splitlora), its output in console.txt there; a complete run is skipped and an interrupted
+one resumes, so the same command continues a suite. Locally, one run per GPU (group) or CPU slot
+at a time; Ctrl-C, SIGTERM or SIGHUP stop them, each keeping its completed tasks. On Slurm, one
+job array (logs in OUTPUT/slurm/); a job at its time limit or preempted is requeued. Tables:
+OUTPUT/<table>.md and .csv, beside the paper's figures.
 """
-from __future__ import annotations
-
 import argparse
 import re
 import shlex
@@ -41,77 +31,63 @@ REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from splitlora.run.config import override_keys  # noqa: E402
-from splitlora.run.errors import ConfigError, UserError  # noqa: E402
-from splitlora.run.fileio import check_output_dir  # noqa: E402
+from splitlora.run.fileio import ConfigError, UserError, check_output_dir  # noqa: E402
 from splitlora.run import launch  # noqa: E402
 from splitlora.run.launch import Run  # noqa: E402
 from splitlora.run.results import collect_rows, load_published, write_summary  # noqa: E402
 
 # Keys reproduce.py sets for each run, and what chooses them instead of --set.
+SETTING = "the setting's, from its config file; choose settings with --suite / --only"
 PER_RUN_KEYS = {
-    "name": "the setting's name, from its config file; choose settings with --suite / --only",
-    "method.name": "each method of the suite in turn; choose methods with --suite and settings "
-                   "with --only",
+    "name": SETTING,
+    "method.name": "each method of the suite in turn; choose methods with --suite / --methods",
     "seed": "each seed in turn; choose seeds with --seeds",
-    "dataset.name": "the setting's benchmark, from its config file; choose settings with "
-                    "--suite / --only",
-    "dataset.num_tasks": "the setting's number of tasks, from its config file; choose settings "
-                         "with --suite / --only",
-    "dataset.root": "the setting's data folder; give it with --data-root (or --cifar100-root / "
-                    "--imagenet-r-root / --domainnet-root)",
+    "dataset.name": SETTING,
+    "dataset.num_tasks": SETTING,
+    "dataset.root": "the setting's data folder; give it with --data-root (or --<data>-root)",
 }
+DATA = ("cifar100", "imagenet-r", "domainnet")  # the data folders under --data-root
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Run every published setting and tabulate the results.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--suite", default="main", help="main (the published table, default), ablation "
-                   "(ImageNet-R: splitlora, threshold, random_a), compare (every setting: "
-                   "splitlora, inflora, seq_lora, joint) or demo (the synthetic demo, every "
-                   "method, CPU, no data)")
-    p.add_argument("--data-root", help="folder holding cifar100/, imagenet-r/, domainnet/ "
-                   "(required except for --suite demo)")
-    p.add_argument("--cifar100-root", help="override DIR/cifar100")
-    p.add_argument("--imagenet-r-root", help="override DIR/imagenet-r")
-    p.add_argument("--domainnet-root", help="override DIR/domainnet")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="run seeds (default 0); a repeated seed runs once")
+    p.add_argument("--suite", default="main", help="main (the published table, default), "
+                   "ablation (ImageNet-R: + threshold, random_a), compare (+ inflora, seq_lora, "
+                   "joint) or demo (synthetic data, every method, CPU)")
+    p.add_argument("--data-root", help="folder DIR of cifar100/, imagenet-r/, domainnet/")
+    for name in DATA:
+        p.add_argument(f"--{name}-root", help=f"override DIR/{name}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run seeds (default 0)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these settings")
-    p.add_argument("--methods", nargs="+", metavar="NAME",
-                   help="run only these methods of the suite")
+    p.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed to every run (repeatable); not for the keys "
-                   "reproduce.py sets per run: " + ", ".join(PER_RUN_KEYS))
+                   help=f"config override for all runs (repeatable; not {', '.join(PER_RUN_KEYS)})")
     p.add_argument("--output", default="results", help="results folder (default: results)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
-    p.add_argument("--summarize", action="store_true", help="start nothing: write the tables of "
-                   "the runs that finished and say which are missing, running or failed")
+    p.add_argument("--summarize", action="store_true", help="start nothing: write the tables "
+                   "so far and list the runs missing, running or failed")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: this machine (default); slurm: one Slurm job per run (submitit)")
-    p.add_argument("--gpus-per-run", type=int, default=None,
-                   help="GPUs (torchrun data-parallel processes) given to each run (default 1; "
-                   "0 with --suite demo)")
+    p.add_argument("--gpus-per-run", type=int, help="GPUs per run (torchrun; default 1, demo 0)")
     local = p.add_argument_group("local launcher")
-    local.add_argument("--gpus", default=None,
-                       help="comma-separated GPU indices as this process sees them, i.e. counted "
-                       "within CUDA_VISIBLE_DEVICES when it is set (default: every visible GPU, "
-                       "CPU when there is none; 'cpu' for none)")
+    local.add_argument("--gpus", help="comma-separated GPU indices, counted within "
+                       "CUDA_VISIBLE_DEVICES (default: every visible GPU, else CPU); 'cpu': none")
     local.add_argument("--cpu-jobs", type=int, default=1,
-                       help="concurrent runs when running on CPU (each gets cores / jobs threads)")
+                       help="concurrent runs on CPU (each gets cores / jobs threads)")
     slurm = p.add_argument_group("Slurm launcher")
     slurm.add_argument("--partition", help="Slurm partition")
-    slurm.add_argument("--time", default="24:00:00", help="time limit per job, Slurm format "
-                       "(minutes, H:M:S or D-H:M:S; default 24:00:00); a job at its limit is "
-                       "requeued and resumes")
+    slurm.add_argument("--time", default="24:00:00", help="time limit per job (minutes, H:M:S "
+                       "or D-H:M:S; default 24:00:00); a job at its limit is requeued")
     slurm.add_argument("--mem", help="memory per job, e.g. 64G")
     slurm.add_argument("--cpus-per-run", type=int, help="CPUs per job (data-loading workers)")
     slurm.add_argument("--account", help="Slurm account")
     slurm.add_argument("--qos", help="Slurm quality of service")
-    slurm.add_argument("--max-running", type=int, default=256,
-                       help="at most this many jobs of the array run at once (default 256)")
+    slurm.add_argument("--max-running", type=int, default=256, help="jobs at once (default 256)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="any other sbatch option, e.g. --sbatch constraint=a100 (repeatable)")
-    slurm.add_argument("--wait", action="store_true",
-                       help="wait for the jobs to end, then write the tables")
+    slurm.add_argument("--wait", action="store_true", help="wait for the jobs, write the tables")
     args = p.parse_args(argv)
     for flag in ("seeds", "only", "methods"):  # one writer per run directory: repeats run once
         values = getattr(args, flag)
@@ -125,20 +101,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Refuse bad flags, and ``--set`` of a key reproduce.py sets for each run (or of a section
-    holding one), before anything is planned."""
+    """Refuse bad flags and ``--set`` of a key set per run (or of its section), before planning."""
     for text, key in zip(args.overrides, override_keys(args.overrides)):
         for controlled, instead in PER_RUN_KEYS.items():
-            if key == controlled:
-                raise ConfigError(f"--set {text}: reproduce.py sets {key} for each run itself "
-                                  f"({instead})")
-            if controlled.startswith(key + "."):
-                raise ConfigError(f"--set {text}: the section {key!r} holds {controlled}, which "
-                                  f"reproduce.py sets for each run itself ({instead}); set the "
-                                  f"section's other keys one by one (--set {key}.KEY=VALUE)")
+            if key == controlled or controlled.startswith(key + "."):
+                section = "" if key == controlled else (f"; set the other keys of {key!r} one "
+                                                        f"by one (--set {key}.KEY=VALUE)")
+                raise ConfigError(f"--set {text}: reproduce.py sets {controlled} for each run "
+                                  f"itself ({instead}){section}")
     if not args.output.strip():
         raise ConfigError("--output is empty: give the results folder (default: results)")
-    for flag, low in (("cpu_jobs", 1), ("gpus_per_run", 0), ("max_running", 1), ("cpus_per_run", 1)):
+    for flag, low in dict(cpu_jobs=1, gpus_per_run=0, max_running=1, cpus_per_run=1).items():
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= {low}")
     try:
@@ -152,37 +125,34 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_dir(Path(args.output).expanduser())
 
 
+def _chosen(names: Optional[list[str]], known: list[str], what: str, flag: str, suite: str) -> list:
+    """``names`` (all of ``known`` when None), refusing any the suite lacks."""
+    unknown = [n for n in names or () if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown {what}(s) {', '.join(unknown)} in {flag} for suite {suite!r}; "
+                          f"known: {', '.join(known)}")
+    return names or list(known)
+
+
 def build_plan(args: argparse.Namespace, published: dict, gpus: int) -> list[Run]:
     suites, settings = published["suites"], published["settings"]
     if args.suite not in suites:
         raise ConfigError(f"unknown --suite {args.suite!r}; known: {', '.join(suites)}")
     suite = suites[args.suite]
-    names = args.only or list(suite["settings"])
-    unknown = [n for n in names if n not in suite["settings"]]
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in --only for suite "
-                          f"{args.suite!r}; known: {', '.join(suite['settings'])}")
-    methods = args.methods or suite["methods"]
-    unknown = [m for m in methods if m not in suite["methods"]]
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)} in --methods for suite "
-                          f"{args.suite!r}; known: {', '.join(suite['methods'])}")
+    names = _chosen(args.only, suite["settings"], "setting", "--only", args.suite)
+    methods = _chosen(args.methods, suite["methods"], "method", "--methods", args.suite)
     absolute = lambda p: Path(p).expanduser().absolute()  # noqa: E731
+    flags = {name: getattr(args, name.replace("-", "_") + "_root") for name in DATA}
     roots = {name: absolute(flag) if flag else absolute(args.data_root) / name
-             for name, flag in (("cifar100", args.cifar100_root),
-                                ("imagenet-r", args.imagenet_r_root),
-                                ("domainnet", args.domainnet_root)) if flag or args.data_root}
+             for name, flag in flags.items() if flag or args.data_root}
     out = absolute(args.output)
     plan = []
     for name in names:
         s = settings[name]
-        data_root, overrides = None, []
-        if s["data"] is not None:
-            if s["data"] not in roots:
-                raise ConfigError(f"--data-root (or --{s['data']}-root) is required for setting "
-                                  f"{name!r}")
-            data_root = roots[s["data"]]
-            overrides.append(f"dataset.root={data_root}")
+        if s["data"] is not None and s["data"] not in roots:
+            raise ConfigError(f"setting {name!r} needs --data-root (or --{s['data']}-root)")
+        data_root = roots.get(s["data"])
+        overrides = [f"dataset.root={data_root}"] if data_root else []
         for method in methods:
             # splitlora keeps the main table's directory, so suites share its finished runs
             run_dir = out / "runs" / name if method == "splitlora" else out / "runs" / name / method
@@ -202,15 +172,14 @@ def check_data(plan: list[Run]) -> list[str]:
     for run in plan:
         if run.status == "done" or run.data_root is None:
             continue
-        cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
-        key = (str(run.data_root), cfg.dataset.name, cfg.dataset.num_tasks)
+        d = load_config(run.config, run.overrides + [f"seed={run.seed}"]).dataset
+        key = (str(run.data_root), d.name, d.num_tasks)
         if key in seen:
             continue
         seen.add(key)
-        spec = BENCHMARKS[cfg.dataset.name]
+        spec = BENCHMARKS[d.name]
         try:
-            check_folder_root(str(run.data_root), cfg.dataset.name, spec.num_classes,
-                              cfg.dataset.num_tasks, "")
+            check_folder_root(str(run.data_root), d.name, spec.num_classes, d.num_tasks, "")
         except DataError as exc:
             problems.append(f"  {run.setting}: {exc}\n      prepare it with: "
                             + spec.prepare_hint.replace("DIR", str(run.data_root)))
@@ -218,36 +187,30 @@ def check_data(plan: list[Run]) -> list[str]:
 
 
 def gpu_slots(spec: Optional[str], cpu_jobs: int, per_run: int, dry_run: bool) -> list[str]:
-    """Device slots: groups of ``per_run`` GPU indices ('0,1'), or ``cpu_jobs`` x 'cpu'. GPU
-    indices this machine lacks are refused (only noted in a dry run: it may plan for another)."""
+    """Groups of ``per_run`` GPU indices ('0,1'), or ``cpu_jobs`` x 'cpu' (a dry run may plan
+    for another machine: missing GPUs are only noted)."""
     try:
         import torch
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # noqa: BLE001 - a broken CUDA setup has no usable GPU
         count = 0
-    if spec is None:
-        ids = [str(i) for i in range(count)]
-    else:
-        entries = [g.strip() for g in spec.split(",")]
-        bad = [g for g in entries if not re.fullmatch(r"[0-9]+", g)]
-        if entries == ["cpu"]:
-            entries = []
-        elif bad:
-            raise ConfigError(f"--gpus {spec!r}: " + ", ".join(repr(b) for b in bad)
-                              + (" is not a GPU index" if len(bad) == 1 else " are not GPU "
-                                 "indices") + "; give comma-separated non-negative integers "
-                              "(e.g. --gpus 0,1) or --gpus cpu")
-        ids = [str(int(g)) for g in entries]
-        missing = [g for g in ids if int(g) >= count]
-        if missing:
-            have = ("no GPU is visible here (CUDA unavailable)" if count == 0 else
-                    f"this machine has {count} visible GPU(s), indices 0-{count - 1}")
-            what = f"--gpus {','.join(ids)}: GPU {', '.join(missing)} not found; {have}"
-            if not dry_run:
-                raise ConfigError(f"{what}; use --gpus cpu" + (f" or indices below {count}"
-                                                               if count else "")
-                                  + " (or --dry-run to plan for another machine)")
-            print(f"note: {what}; the plan is for another machine", file=sys.stderr)
+    entries = [] if spec is None or spec.strip() == "cpu" else [g.strip() for g in spec.split(",")]
+    bad = [g for g in entries if not re.fullmatch(r"[0-9]+", g)]
+    if bad:
+        raise ConfigError(f"--gpus {spec!r}: {', '.join(map(repr, bad))} "
+                          + ("is not a GPU index" if len(bad) == 1 else "are not GPU indices")
+                          + "; give comma-separated integers >= 0 (e.g. --gpus 0,1) or --gpus cpu")
+    ids = [str(int(g)) for g in entries] if spec is not None else [str(i) for i in range(count)]
+    missing = [g for g in ids if int(g) >= count]
+    if missing:
+        have = ("no GPU is visible here (CUDA unavailable)" if count == 0 else
+                f"this machine has {count} visible GPU(s), indices 0-{count - 1}")
+        what = f"--gpus {','.join(ids)}: GPU {', '.join(missing)} not found; {have}"
+        if not dry_run:
+            below = f" or indices below {count}" if count else ""
+            raise ConfigError(f"{what}; use --gpus cpu{below} (or --dry-run to plan for another "
+                              "machine)")
+        print(f"note: {what}; the plan is for another machine", file=sys.stderr)
     if not ids:
         return ["cpu"] * cpu_jobs
     if len(ids) < per_run:
@@ -268,7 +231,6 @@ def print_plan(plan: list[Run], slots: list[str]) -> None:
 
 
 def summarize(plan: list[Run], args: argparse.Namespace, published: dict) -> str:
-    """Write the suite's table from the runs that finished; returns its Markdown."""
     suite = published["suites"][args.suite]
     rows = collect_rows((r.setting, r.method, r.seed, r.out_dir, r.paper) for r in plan)
     return "\n" + write_summary(rows, Path(args.output), suite.get("title", args.suite),
@@ -285,13 +247,11 @@ def report_states(plan: list[Run]) -> int:
 
 
 def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -> None:
-    """Submit the runs as one Slurm job array (and with ``--wait``, wait for it)."""
-    options = {"job_name": f"splitlora-{args.suite}", "time": launch.slurm_minutes(args.time),
-               "array_parallelism": args.max_running, "stderr_to_stdout": True,
-               "signal_delay_s": 120, "ntasks_per_node": 1, "partition": args.partition,
-               "mem": args.mem, "cpus_per_task": args.cpus_per_run, "account": args.account,
-               "qos": args.qos, "gpus_per_node": gpus or None,
-               "additional_parameters": dict(o.split("=", 1) for o in args.sbatch)}
+    options = dict(job_name=f"splitlora-{args.suite}", time=launch.slurm_minutes(args.time),
+                   array_parallelism=args.max_running, stderr_to_stdout=True, signal_delay_s=120,
+                   ntasks_per_node=1, partition=args.partition, mem=args.mem, account=args.account,
+                   qos=args.qos, cpus_per_task=args.cpus_per_run, gpus_per_node=gpus or None,
+                   additional_parameters=dict(o.split("=", 1) for o in args.sbatch))
     try:
         ids = launch.submit_slurm(plan, folder, {k: v for k, v in options.items()
                                                  if v not in (None, {})})
@@ -303,8 +263,7 @@ def submit(plan: list[Run], args: argparse.Namespace, folder: Path, gpus: int) -
         raise UserError(f"Slurm refused the submission: {lines[-1]}") from None
     jobs = sorted({j.split("_")[0] for j in ids.values()})
     print(f"{len(ids)} run(s) submitted as Slurm job {', '.join(jobs) or '-'} (logs in {folder}); "
-          "watch them with: squeue -u $USER; see the results so far: the same command with "
-          "--summarize", flush=True)
+          "watch: squeue -u $USER; results so far: the same command with --summarize", flush=True)
     while args.wait and launch.slurm_queue(folder):
         time.sleep(2 if args.suite == "demo" else 30)
 
@@ -314,19 +273,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.output).expanduser()
     slurm_dir = out.absolute() / "slurm"
     gpus = args.gpus_per_run if args.gpus_per_run is not None else int(args.suite != "demo")
+    per_run = max(gpus, 1)
     received: list[int] = []
     try:
         check_args(args)
         published = load_published()
         suite = published["suites"].get(args.suite, {})
-        plan = build_plan(args, published, max(gpus, 1))
+        plan = build_plan(args, published, per_run)
         launch.update_states(plan, launch.slurm_queue(slurm_dir), slurm_dir)
         if not args.summarize:
             slots = ["slurm"] if args.launcher == "slurm" else gpu_slots(
                 args.gpus if args.gpus is not None or args.suite != "demo" else "cpu",
-                args.cpu_jobs, max(gpus, 1), args.dry_run)
+                args.cpu_jobs, per_run, args.dry_run)
             for run in plan:
-                run.gpus = 1 if slots[0] == "cpu" else max(gpus, 1)
+                run.gpus = 1 if slots[0] == "cpu" else per_run
             problems = check_data(plan)
             if args.dry_run:
                 print_plan(plan, slots)
@@ -350,8 +310,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     return 0
                 launch.update_states(plan, {}, slurm_dir)
             else:
-                done = sum(r.status == "done" for r in plan)
-                print(f"{len(plan)} runs: {done} already done, "
+                print(f"{len(plan)} runs: {sum(r.status == 'done' for r in plan)} already done, "
                       f"{sum(r.status in launch.TO_RUN for r in plan)} to run on "
                       f"{', '.join('cpu' if s == 'cpu' else 'cuda:' + s for s in slots)}",
                       flush=True)
@@ -362,8 +321,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         print(f"interrupted by {signal.Signals(stopped_by).name}: "
                               f"{sum(r.status == 'interrupted' for r in plan)} run(s) stopped, "
                               "finished runs are kept; run the same command again to continue "
-                              "(each stopped run resumes from its last completed task)",
-                              file=sys.stderr)
+                              "(each resumes from its last completed task)", file=sys.stderr)
                         return 128 + stopped_by
                     md = summarize(plan, args, published)
         if args.summarize or args.launcher == "slurm":
@@ -377,14 +335,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"received {signal.Signals(received[0]).name} after every run had finished; "
               "the results above are complete", file=sys.stderr)
         return 128 + received[0]
-    if args.summarize:
-        return 1 if report_states(plan) else 0
     failed = [r for r in plan if r.status == "failed"]
-    if failed:
+    if failed and not args.summarize:
         print(f"{len(failed)} run(s) failed:", file=sys.stderr)
-        report_states(failed)
-        return 1
-    return 0
+    return 1 if report_states(plan if args.summarize else failed) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,1 @@
-"""Running experiments: config files, the command line, run directories, logs, tables.
-
-The machinery around the method (``splitlora``); the method never imports it.
-"""
+"""Running experiments: configs, the CLI, run directories, tables (the method never imports it)."""

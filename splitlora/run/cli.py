@@ -1,13 +1,8 @@
 """The command line of ``main.py``: resolve the config and the run directory, run, log, report.
 
-Expected failures (bad config, missing data, unreadable weights, numerical faults) end with
-one ``error: ...`` line on stderr and exit status 2, never a traceback. Logging goes to the
-console at once and to ``log.txt`` once the inputs are validated: records are buffered until
-:func:`attach_log_file`, so that log.txt receives the whole run but nothing is written before
-the run directory is known to be good.
+Expected failures end as one ``error: ...`` line on stderr (exit 2), never a traceback. Log
+records are buffered until the run directory is known to be good, then all go to log.txt.
 """
-from __future__ import annotations
-
 import argparse
 import hashlib
 import importlib.util
@@ -34,7 +29,6 @@ def _ours() -> list[logging.Handler]:
 
 
 def remove_handlers() -> None:
-    """Close and remove every handler :func:`setup_logging` / :func:`attach_log_file` added."""
     for h in _ours():
         logging.getLogger().removeHandler(h)
         h.close()
@@ -59,16 +53,13 @@ class _LogFile(logging.StreamHandler):
     _splitlora = True  # one of this module's handlers (_OURS)
 
     def close(self) -> None:
-        try:
-            self.stream.close()
-        finally:
-            super().close()
+        super().close()
+        self.stream.close()
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         if not self.failed:
             self.failed = True
-            sys.stderr.write(f"warning: cannot write log.txt ({sys.exc_info()[1]}); log records "
-                             "now go to the console only\n")
+            sys.stderr.write(f"warning: cannot write log.txt ({sys.exc_info()[1]}); console only\n")
 
 
 def attach_log_file(path: Path) -> None:
@@ -92,24 +83,16 @@ def log_to_file(message: str) -> None:
 
 
 class RunLogger:
-    """TensorBoard event files (``<run dir>/tensorboard/``) and a Weights & Biases run, when the
-    config asks for them (``log.tensorboard``, ``log.wandb``); only the main process logs.
-
-    Per step: ``train/loss``, ``lr/lora``, ``lr/head``; per epoch: ``train/acc``,
-    ``train/images_per_s``; per task: ``acc/task_<j>`` (the row of the accuracy matrix),
-    ``acc/seen_tasks``, ``acc/avg_incremental``, ``forgetting``, and per block
-    ``split/frozen_dims/block_<l>``, ``split/interference/block_<l>`` (methods that split).
-    The x axis of every scalar is the global training step, so a resumed run continues its
-    TensorBoard run and W&B run (a stable id) where its last checkpoint left them.
-    """
+    """TensorBoard and W&B logs as ``log.*`` asks (scalars: docs/runs.md). The x axis is the
+    global step, so a resumed run continues both where its last checkpoint left them."""
 
     def __init__(self, cfg, run_dir: Path) -> None:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         for key, on, package in (("log.tensorboard", cfg.log.tensorboard, "tensorboard"),
                                  ("log.wandb", cfg.log.wandb != "off", "wandb")):
             if on and importlib.util.find_spec(package) is None:
-                raise ConfigError(f"{key} needs the {package} package, which is not installed: "
-                                  f"pip install -r requirements-extra.txt (or pip install {package})")
+                raise ConfigError(f"{key} needs the {package} package, not installed: pip install "
+                                  f"-r requirements-extra.txt (or pip install {package})")
         self.tb, self.wandb, self.step = None, None, 0
         self._pending: list = []  # (loss tensor, lrs) of this epoch's steps: one sync per epoch
 
@@ -126,14 +109,14 @@ class RunLogger:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=step + 1)
         if self.cfg.log.wandb != "off":
             import wandb
-            c = self.cfg
-            run_id = hashlib.sha256(str(self.run_dir.resolve()).encode()).hexdigest()[:16]
+            c, path = self.cfg, str(self.run_dir.resolve())
             self.wandb = wandb.init(project=c.log.wandb_project, name=f"{c.name}/{c.method.name}/"
-                                    f"seed{c.seed}", id=run_id, resume="allow",
-                                    dir=str(self.run_dir), mode=c.log.wandb,
-                                    config=dict(to_dict(c), run_dir=str(self.run_dir.resolve())))
+                                    f"seed{c.seed}", resume="allow", mode=c.log.wandb,
+                                    id=hashlib.sha256(path.encode()).hexdigest()[:16],
+                                    dir=str(self.run_dir), config=dict(to_dict(c), run_dir=path))
 
     def _scalars(self, values: dict, step: int) -> None:
+        values = {k: v for k, v in values.items() if v is not None}  # e.g. forgetting of task 0
         if self.tb is not None:
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
@@ -161,14 +144,11 @@ class RunLogger:
         if not self.active:
             return
         values = {f"acc/task_{j}": v for j, v in enumerate(metrics["acc_matrix"][t][: t + 1])}
-        values.update({"acc/seen_tasks": metrics["acc_per_task"][t],
-                       "acc/avg_incremental": metrics["avg_inc_acc"]})
-        if metrics["forgetting"] is not None:
-            values["forgetting"] = metrics["forgetting"]
-        for key, per_task in (("frozen_dims", learner.split_dims),
-                              ("interference", learner.interference)):
-            for block, v in enumerate(per_task[t] or []):
-                values[f"split/{key}/block_{block}"] = v
+        values.update({"acc/seen_tasks": metrics["acc_per_task"][t], "acc/avg_incremental":
+                       metrics["avg_inc_acc"], "forgetting": metrics["forgetting"]})
+        splits = {"frozen_dims": learner.split_dims, "interference": learner.interference}
+        values.update({f"split/{key}/block_{block}": v for key, rows in splits.items()
+                       for block, v in enumerate(rows[t] or [])})
         self._scalars(values, self.step)
         if self.tb is not None:
             self.tb.flush()
@@ -179,14 +159,6 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.finish()
         self.tb = self.wandb = None
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The failures reported as one ``error:`` line: this package's and the lower packages'."""
-    from datasets import DataError
-    from models import ModelError
-    from splitlora.engine import NumericalError
-    return UserError, DataError, ModelError, NumericalError
 
 
 def user_message(exc: BaseException) -> str:
@@ -200,10 +172,8 @@ def user_message(exc: BaseException) -> str:
 
 
 def default_output(cfg: Config, base: Config) -> Path:
-    """``runs/<name>/<method>[+key=value...]/seed<seed>``: the method, the seed and every
-    result-defining key set on the command line (keys whose value differs from ``base``, the
-    config file's own values) name the directory, so that runs of different experiments never
-    share one; keys that may change when a run is continued (``RESUMABLE_KEYS``) do not."""
+    """``runs/<name>/<method>[+key=value...]/seed<seed>``, naming every key that differs from
+    ``base`` (the file's config) except ``RESUMABLE_KEYS``: other experiments never share it."""
     ours, theirs = flatten(to_dict(cfg)), flatten(to_dict(base))
     changed = sorted(k for k, v in ours.items() if k not in RESUMABLE_KEYS
                      and k not in ("seed", "method.name") and theirs.get(k) != v)
@@ -232,6 +202,9 @@ def print_report(metrics: dict, out: Path) -> None:
 
 def run_cli(args: argparse.Namespace) -> int:
     """``main.py``: one run, or one ``error:`` line (exit 2), or an interrupt (exit 130)."""
+    from datasets import DataError
+    from models import ModelError
+    from splitlora.engine import NumericalError
     from .rundir import CHECKPOINT, RunDir
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports and writes
     run_dir: Optional[RunDir] = None
@@ -243,16 +216,14 @@ def run_cli(args: argparse.Namespace) -> int:
             print(dump_yaml(cfg), end="")
             return 0
         if args.output is not None and not args.output.strip():
-            raise ConfigError("--output is empty: give a run directory, or leave --output out "
-                              "for the default runs/<name>/<method>/seed<seed>")
+            raise ConfigError("--output is empty: give a run directory, or leave it out (default)")
         out = Path(args.output) if args.output else default_output(cfg, load_config(args.config))
         setup_logging(logging.INFO if main_process else logging.WARNING)
         run_dir = RunDir(out, shlex.join(sys.argv))
         state = run_dir.open(cfg, args.resume, args.force, lock=main_process)
         if state.mode == "complete":
             if main_process:
-                print(f"{out} already holds the complete results of this config "
-                      "(pass --force to run again)")
+                print(f"{out} already holds the complete results of this config (--force reruns)")
                 print_report(state.metrics, out)
             return 0
         for warning in config_warnings(cfg, overrides):
@@ -278,7 +249,7 @@ def run_cli(args: argparse.Namespace) -> int:
         if main_process:
             print_report(metrics, out)
         return 0
-    except user_errors() as exc:
+    except (UserError, DataError, ModelError, NumericalError) as exc:  # expected failures
         message = user_message(exc)
         if isinstance(exc, WriteError) and exp is not None:
             message += "; " + run_dir.failure_note(len(exp.tasks))
@@ -288,13 +259,10 @@ def run_cli(args: argparse.Namespace) -> int:
         remove_handlers()
         return 2
     except KeyboardInterrupt:
-        if run_dir is not None and (run_dir.path / CHECKPOINT).is_file():
-            message = ("interrupted: the last completed task is checkpointed; run the same "
-                       "command (without --force) to continue")
-        elif run_dir is not None:
-            message = "interrupted before the first task completed: nothing to continue from"
-        else:
-            message = "interrupted"
+        message = ("interrupted" if run_dir is None else
+                   "interrupted: the last completed task is checkpointed; run the same command "
+                   "(without --force) to continue" if (run_dir.path / CHECKPOINT).is_file() else
+                   "interrupted before the first task completed: nothing to continue from")
         log_to_file(message)
         print(message, file=sys.stderr)
         return 130

@@ -1,17 +1,9 @@
-"""Experiment configuration: typed dataclasses, loaded and merged by OmegaConf.
+"""Experiment configuration: typed dataclasses merged by OmegaConf (defaults, YAML file, ``--set``
+overrides), which refuses unknown keys, wrong types, duplicate keys, YAML tags and alias bombs.
 
-``load_config(path, overrides)`` merges the schema's defaults, the YAML file and the ``--set
-KEY=VALUE`` overrides as OmegaConf structured configs, which refuse unknown keys, wrong types,
-duplicate keys, YAML tags and alias bombs. :func:`validate` adds ranges, choices and
-cross-field rules (a method's section: its ``Params.validate``), each one :class:`ConfigError`.
-
-The schema's defaults *are* the published protocol (docs/protocol.md): a setting file in
-``configs/`` only states what differs. ``method.<name>`` holds the hyper-parameters of each
-registered method (its ``Params``); only the chosen method's section is written to a run's
-``config.yaml`` and counts for its identity.
+The defaults *are* the published protocol (docs/protocol.md): a file in ``configs/`` states only
+what differs. Only the chosen method's section goes into ``config.yaml`` and a run's identity.
 """
-from __future__ import annotations
-
 import dataclasses
 import difflib
 import math
@@ -98,12 +90,9 @@ class DatasetConfig:
 
 @dataclass
 class DemoPretrainConfig:
-    """Pretrain a small backbone on synthetic classes when ``model.pretrained_file`` is absent.
-
-    The demo's stand-in for an ImageNet-pretrained ViT: trained on synthetic classes disjoint
-    from the demo's tasks, saved to ``model.pretrained_file`` (a relative path lies in the
-    cache folder, see docs/runs.md) and loaded from there like a user's offline ViT-B weights.
-    """
+    """The demo's stand-in for ImageNet weights: a small backbone pretrained on synthetic classes
+    disjoint from its tasks when ``model.pretrained_file`` is absent, saved there (a relative path
+    lies in the cache folder, see docs/runs.md), then loaded like a user's weights."""
 
     enabled: bool = False  # the demo config turns it on
     seed: int = 0  # pretraining is independent of the run seed (one cached file serves all)
@@ -142,8 +131,7 @@ class Config:
 
 
 def schema() -> type[Config]:
-    """:class:`Config` with its ``method`` section made from the methods registered now:
-    ``name`` and one section per registered method with hyper-parameters."""
+    """:class:`Config` with its ``method`` section made from the methods registered now."""
     fields: list[tuple] = [("name", str, field(default="splitlora"))]
     fields += [(name, cls.Params, field(default_factory=cls.Params))
                for name, cls in METHODS.items() if dataclasses.fields(cls.Params)]
@@ -154,9 +142,8 @@ def schema() -> type[Config]:
                                       bases=(Config,), namespace={"__doc__": Config.__doc__})
 
 
-# Keys that may change when a run is continued: they change how the remaining tasks run
-# (device, speed, precision, robustness, where the same data lies, logs), never what the
-# finished tasks computed. Every other key is part of the run's identity.
+# Keys that may change when a run is continued: how the remaining tasks run (device, speed,
+# precision, robustness, data location, logs), never what finished tasks computed.
 RESUMABLE_KEYS = ("name", "device", "train.amp", "train.tf32", "train.compile",
                   "train.num_workers", "train.max_bad_steps", "eval.batch_size", "eval.num_workers",
                   "dataset.root", "dataset.skip_bad_images", "dataset.max_image_pixels",
@@ -164,8 +151,7 @@ RESUMABLE_KEYS = ("name", "device", "train.amp", "train.tf32", "train.compile",
 
 
 def to_dict(cfg: Config) -> dict:
-    """The configuration as plain nested dicts, with only the chosen method's section (what
-    ``config.yaml`` holds)."""
+    """Plain nested dicts with only the chosen method's section (what ``config.yaml`` holds)."""
     data = dataclasses.asdict(cfg)
     method = data["method"]
     data["method"] = {k: v for k, v in method.items() if k in ("name", method["name"])}
@@ -186,8 +172,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
-
-# --------------------------------------------------------------------------- loading
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge
 # keys holding a mapping that is a value, not a section: a file or an override replaces it
@@ -262,13 +246,11 @@ def _dotlist(overrides: list[str]):
 
 
 def override_keys(overrides: list[str]) -> list[str]:
-    """The keys that ``--set`` overrides name (``KEY`` of each ``KEY=VALUE``)."""
     return [o.partition("=")[0].strip() for o in overrides]
 
 
 def _resolve(layers: list, overrides: list[str]) -> Config:
-    """The schema's defaults, then each layer (a mapping), then ``overrides``; every failure
-    is one :class:`ConfigError`."""
+    """The schema's defaults, each layer (a mapping), then ``overrides``; fails as ConfigError."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
     try:
@@ -287,8 +269,7 @@ def _resolve(layers: list, overrides: list[str]) -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
-    """The schema's defaults, then the YAML file at ``path`` (if any), then ``overrides``.
-    The run's ``name`` defaults to the file's stem."""
+    """Defaults, then the YAML file at ``path`` (``name``: its stem), then ``overrides``."""
     file_cfg: Any = {}
     if path is not None:
         text = read_regular_file(Path(path), "--config", MAX_CONFIG_BYTES, ConfigError,
@@ -296,8 +277,9 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
         try:
             file_cfg = _parse(text.decode("utf-8"), f"config file {path}")
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}"
-                              f" at offset {exc.start}); save it with UTF-8 encoding") from None
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte "
+                              f"0x{exc.object[exc.start]:02x} at offset {exc.start}); save it "
+                              "with UTF-8 encoding") from None
     default_name = Path(path).stem if path is not None else "experiment"
     cfg = _resolve([{"name": default_name}, file_cfg], overrides or [])
     validate(cfg)
@@ -309,15 +291,13 @@ def config_from_dict(data: dict) -> Config:
     return _resolve([data], [])
 
 
-# --------------------------------------------------------------------------- validation
-
 CHOICES = {"train.amp": ("auto", "fp16", "bf16", "off"), "model.head_init": ("official", "fresh"),
            "dataset.eval_transform": ("official", "squash_crop", "shorter_side_crop", "resize"),
            "dataset.cache": ("auto", True, False), "log.wandb": ("off", "offline", "online")}
-# lower bounds of integer keys (every seed: 0 to MAX_SEED)
+# lower bounds (every seed: 0 to MAX_SEED)
 MINIMUM = {"lora.rank": 1, "train.epochs": 1, "train.batch_size": 1, "train.expand_times": 1,
-           "train.max_bad_steps": 0, "eval.batch_size": 1, "dataset.num_tasks": 1,
-           "model.img_size": 8, "dataset.synthetic.num_classes": 1,
+           "train.weight_decay": 0, "train.max_bad_steps": 0, "eval.batch_size": 1,
+           "dataset.num_tasks": 1, "model.img_size": 8, "dataset.synthetic.num_classes": 1,
            "dataset.synthetic.train_per_class": 1, "dataset.synthetic.val_per_class": 1,
            "dataset.synthetic.image_size": 8, "demo_pretrain.num_classes": 1,
            "demo_pretrain.train_per_class": 1, "demo_pretrain.epochs": 1,
@@ -334,8 +314,7 @@ def _check(ok: bool, key: str, value: Any, requirement: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Ranges, choices and cross-field rules that types alone do not catch (registry names:
-    the method here, the dataset and model where the data and model are built)."""
+    """Ranges, choices and cross-field rules that types do not catch."""
     flat = flatten(to_dict(cfg))
     for key, value in flat.items():
         if isinstance(value, float):
@@ -364,9 +343,8 @@ def validate(cfg: Config) -> None:
            "must be a non-empty list of distinct slices among q, k, v")
     t = cfg.train
     _check(all(m >= 1 for m in t.milestones) and list(t.milestones) == sorted(t.milestones),
-           "train.milestones", t.milestones, "must be an increasing list of positive integers (epochs)")
+           "train.milestones", t.milestones, "must be an increasing list of positive epochs")
     _check(0 < t.gamma <= 1, "train.gamma", t.gamma, "must be in (0, 1]")
-    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     for key in ("train.num_workers", "eval.num_workers"):
         _check(flat[key] == "auto" or (isinstance(flat[key], int) and flat[key] >= 0), key,
                flat[key], "must be auto or an integer >= 0")
@@ -377,28 +355,25 @@ def validate(cfg: Config) -> None:
     _check(_DEVICE.fullmatch(cfg.device) is not None, "device", cfg.device,
            "must be auto, cpu, cuda or cuda:N with N a GPU index (e.g. cuda:0)")
     kw = cfg.model.kwargs
-    _check("num_classes" not in kw, "model.kwargs", kw,
-           "must not set num_classes: the backbone has no classifier, each task adds its own head")
+    _check("num_classes" not in kw, "model.kwargs", kw, "must not set num_classes (task heads do)")
     _check(kw.get("img_size", cfg.model.img_size) == cfg.model.img_size, "model.kwargs", kw,
            f"sets img_size {kw.get('img_size')!r} but model.img_size is {cfg.model.img_size} (the "
            "size images are resized to); set model.img_size instead and drop it from model.kwargs")
     p = cfg.demo_pretrain
     _check(p.num_classes * p.train_per_class >= p.batch_size, "demo_pretrain.batch_size",
            p.batch_size, "must be at most num_classes x train_per_class = "
-           f"{p.num_classes * p.train_per_class} (the pretraining images; a smaller set gives no "
-           "full batch)")
+           f"{p.num_classes * p.train_per_class} (the pretraining images: one full batch)")
 
 
 def config_warnings(cfg: Config, overrides: list[str]) -> list[str]:
     """Legal but probably unintended settings (the CLI logs them as warnings)."""
-    out = []
-    t = cfg.train
+    out, t = [], cfg.train
     late = [m for m in t.milestones if m > t.epochs]
     if late:
         out.append(f"train.milestones {t.milestones}: {', '.join(map(str, late))} "
-                   f"{'lies' if len(late) == 1 else 'lie'} beyond train.epochs = {t.epochs}, so the "
-                   f"learning rate is never multiplied by train.gamma there (milestone m applies "
-                   f"from epoch m on); lower the milestones or raise the epochs")
+                   f"{'lies' if len(late) == 1 else 'lie'} beyond train.epochs = {t.epochs}, so "
+                   "train.gamma never applies there (milestone m from epoch m on); lower the "
+                   "milestones or raise the epochs")
     for key in override_keys(overrides):
         parts = key.split(".")
         if parts[0] == "method" and len(parts) > 1 and parts[1] not in ("name", cfg.method.name):

@@ -1,3 +1,2 @@
-"""The expected failures of a run, defined in :mod:`splitlora.run.fileio` (imported from here
-by the tools and tests that predate the merge)."""
+"""The expected failures of a run (defined in :mod:`splitlora.run.fileio`; older imports)."""
 from .fileio import ConfigError, UserError, WriteError  # noqa: F401

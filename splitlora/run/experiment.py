@@ -1,18 +1,10 @@
 """One experiment from a resolved config: the data, the model and the learner, the task loop.
 
-Run directory contents (written through :class:`splitlora.run.rundir.RunDir`): ``config.yaml``
-(resolved), ``log.txt``, ``metrics.json`` (rewritten after every task; ``"complete": true``
-once the last task is evaluated), ``env.json`` (versions, device, commit, weights, timings),
-``checkpoint.pt`` (the state after the last completed task, for an exact resume).
-
-Data-parallel runs (``torchrun --nproc_per_node N main.py ...``): training uses
-DistributedDataParallel with a DistributedSampler (the global batch size is the configured one,
-split over the processes). Evaluation and the covariance pass read disjoint, unpadded shards,
-so the all-reduced counts and covariance sums cover every sample exactly once: they equal the
-single-process ones. Only rank 0 writes to the run directory.
+It writes config.yaml, log.txt, metrics.json (after every task), env.json (versions, device,
+commit, weights, timings) and checkpoint.pt (for an exact resume). Under torchrun, evaluation
+and the covariance pass read disjoint unpadded shards: the all-reduced sums equal the
+single-process ones, and only rank 0 writes.
 """
-from __future__ import annotations
-
 import difflib
 import json
 import logging
@@ -44,7 +36,7 @@ from splitlora.methods import get_method
 from splitlora.metrics import AccuracyTracker
 
 from .config import Config, to_dict
-from .fileio import ConfigError, atomic_write_bytes, read_json
+from .fileio import ConfigError, atomic_write_bytes, read_json, write_json_atomic
 from .rundir import CheckpointError, RunDir, utc_now
 
 log = logging.getLogger("splitlora")
@@ -85,7 +77,6 @@ def init_distributed(device_name: str) -> DistInfo:
 
 
 def per_rank_batch(global_batch: int, info: DistInfo, key: str) -> int:
-    """The global batch split over the processes (it must divide evenly)."""
     if global_batch % info.world_size:
         raise ConfigError(f"config key '{key}' = {global_batch} is not divisible by the "
                           f"{info.world_size} processes of this run; pick a multiple")
@@ -98,16 +89,14 @@ def shard_indices(data: Sized, info: DistInfo) -> range:
 
 
 def cache_dir() -> Path:
-    """Where the project caches what it makes (the demo backbone): ``$SPLITLORA_CACHE``, else
-    ``$XDG_CACHE_HOME/splitlora``, else ``~/.cache/splitlora``."""
+    """The demo backbone's folder: ``$SPLITLORA_CACHE``, else ``$XDG_CACHE_HOME/splitlora``."""
     if os.environ.get("SPLITLORA_CACHE"):
         return Path(os.environ["SPLITLORA_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "splitlora"
 
 
 def weights_path(cfg: Config) -> Optional[Path]:
-    """``model.pretrained_file`` as read: the demo's pretrained backbone (a relative path with
-    ``demo_pretrain.enabled``) lies in :func:`cache_dir`, whatever the working directory."""
+    """``model.pretrained_file``; the demo's, if relative, lies in :func:`cache_dir`."""
     if not cfg.model.pretrained_file:
         return None
     path = Path(cfg.model.pretrained_file).expanduser()
@@ -125,19 +114,15 @@ def demo_recipe(cfg: Config) -> str:
 
 
 def save_backbone(state: dict[str, torch.Tensor], path: Path, recipe: str) -> None:
-    """Write ``state`` as safetensors (atomically) with the recipe as its one metadata entry.
-    One entry keeps the bytes a function of the tensors and the recipe: safetensors writes
-    several entries in a per-process order, which would give identical weights another
-    SHA-256 (the weights fingerprint a resumed run is checked against)."""
+    """Write ``state`` atomically as safetensors, the recipe its one metadata entry (several
+    are written in a per-process order: the same weights would get another SHA-256)."""
     from safetensors.torch import save
-    data = save({k: v.detach().contiguous().cpu() for k, v in state.items()},
-                metadata={RECIPE_KEY: recipe})
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in state.items()},
+                                  metadata={RECIPE_KEY: recipe}))
 
 
 def check_demo_backbone(cfg: Config, path: Optional[Path]) -> None:
-    """Refuse a cached demo backbone at ``path`` that was pretrained with another recipe
-    (another ``demo_pretrain``, model or synthetic image size) than this config asks for."""
+    """Refuse a cached demo backbone at ``path`` pretrained with another recipe than ``cfg``'s."""
     if path is None or not path.is_file():
         return
     from safetensors import safe_open
@@ -147,22 +132,20 @@ def check_demo_backbone(cfg: Config, path: Optional[Path]) -> None:
     except Exception:  # noqa: BLE001 - not safetensors: create_backbone reports what is wrong
         recorded = None
     if recorded is None:
-        log.warning("the demo backbone %s records no pretraining recipe (an older version's "
-                    "file, or one not made by the demo), so it cannot be checked against "
-                    "demo_pretrain; delete it to pretrain again", path)
+        log.warning("the demo backbone %s records no pretraining recipe (older, or not the "
+                    "demo's): it cannot be checked; delete it to pretrain again", path)
     elif recorded != demo_recipe(cfg):
         old, new = json.loads(recorded), json.loads(demo_recipe(cfg))
         diff = [f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {v!r}"
                 for section, keys in new.items() for k, v in keys.items()
                 if old.get(section, {}).get(k) != v]
-        raise ConfigError(f"the demo backbone {path} was pretrained with another recipe than this "
-                          f"config asks for ({'; '.join(diff)}); delete it to pretrain again, or "
-                          "set model.pretrained_file to another path")
+        raise ConfigError(f"the demo backbone {path} was pretrained with another recipe "
+                          f"({'; '.join(diff)}); delete it to pretrain again, or set "
+                          "model.pretrained_file to another path")
 
 
 def pretrain_synthetic_backbone(cfg: Config, path: Path, device: torch.device) -> None:
-    """Train ``cfg.model`` from scratch on ``cfg.demo_pretrain`` synthetic classes; save to path.
-    The demo's stand-in for ImageNet weights: the run then loads the file like a user's."""
+    """Train ``cfg.model`` from scratch on ``cfg.demo_pretrain`` synthetic classes; save to path."""
     p, syn, m = cfg.demo_pretrain, cfg.dataset.synthetic, cfg.model
     t0, gen_state = time.perf_counter(), torch.random.get_rng_state()
     torch.manual_seed(p.seed)
@@ -229,8 +212,7 @@ def weights_info(cfg: Config, backbone: torch.nn.Module) -> dict:
     """Which weights the backbone was loaded from: source, tag or path, SHA-256."""
     path = weights_path(cfg)
     if path is not None:
-        path = path.resolve()
-        return {"source": "file", "path": str(path), "sha256": file_sha256(path)}
+        return {"source": "file", "path": str(path.resolve()), "sha256": file_sha256(path)}
     if cfg.model.pretrained:
         pcfg = getattr(backbone, "pretrained_cfg", None) or {}
         cached = hub_weights_file(cfg.model.name)
@@ -273,9 +255,8 @@ def peak_rss_gib() -> Optional[float]:
 
 
 class Experiment:
-    """Everything of one run. ``Experiment(cfg, run_dir)`` checks the names and the data;
-    ``build()`` makes the model (weights) and the learner; ``resume(checkpoint)`` restores a
-    checkpoint's state; ``run()`` runs the remaining tasks, writing after each."""
+    """One run: the constructor checks the names and the data, ``build()`` makes the model and
+    the learner, ``resume()`` restores a checkpoint, ``run()`` runs the remaining tasks."""
 
     def __init__(self, cfg: Config, run_dir: RunDir, progress: bool = True, logger=None) -> None:
         self.cfg, self.run_dir = cfg, run_dir
@@ -310,8 +291,7 @@ class Experiment:
         self._clock = time.time()
 
     def build(self) -> None:
-        """The backbone with its weights (download, load, or pretrain the demo's first), LoRA,
-        the heads and the learner."""
+        """The backbone and its weights (the demo's pretrained first), LoRA, heads, learner."""
         cfg, m, path = self.cfg, self.cfg.model, weights_path(self.cfg)
         torch.manual_seed(cfg.seed)
         if path is not None and cfg.demo_pretrain.enabled and not path.exists():
@@ -336,18 +316,16 @@ class Experiment:
                         data_loading=dict(self.workers, cache=cfg.dataset.cache,
                                           normalize_on_device=self.bench.normalize is not None))
 
-    # ----------------------------------------------------------------- state
     def state_dict(self) -> dict:
         """What a resumed run needs to continue exactly after the last completed task."""
         self._tick()
         return {"config": to_dict(self.cfg), "tasks_done": self.tracker.tasks_done(),
-                "weights": self.env["weights"], "data": self.data_identity,
+                "weights": self.env["weights"], "data": self.data_identity, "timing": self.timing,
                 "qkv": [a.base_layer.state_dict() for a in self.model.adapters],
                 "head_sizes": [h.out_features for h in self.model.heads.heads],
                 "heads": self.model.heads.state_dict(), "learner": self.learner.state_dict(),
                 "tracker": self.tracker.state_dict(), "bad_images": sorted(self.bad_images),
-                "timing": dict(self.timing), "steps_done": self.steps_done,
-                "torch_rng": torch.get_rng_state()}
+                "steps_done": self.steps_done, "torch_rng": torch.get_rng_state()}
 
     def resume(self, state: dict) -> None:
         """Restore a checkpoint of this exact config, weights and data (refused otherwise)."""
@@ -375,12 +353,9 @@ class Experiment:
         self.timing["wall_seconds"] += now - self._clock
         self._clock = now
 
-    # ----------------------------------------------------------------- data
     def train_batches(self, task: int, data_pass: bool = False, plain: bool = False):
-        """Training data of a task (x expand_times). ``data_pass``: one pass on its own random
-        stream, with ``plain`` the evaluation transform and one copy of each image. Under
-        torchrun, training reads a DistributedSampler shard of the global batch, a data pass an
-        unpadded shard."""
+        """Training data of a task (x expand_times); ``data_pass``: one pass on its own random
+        stream (``plain``: eval transform, each image once), an unpadded shard under torchrun."""
         cfg, classes = self.cfg, self.tasks[task]
         plain = data_pass and plain
         ds = self.bench.task_dataset("train", classes, task * len(classes),
@@ -418,7 +393,6 @@ class Experiment:
                     batches=lambda: self.train_batches(t),
                     data_pass=lambda plain=False: self.train_batches(t, True, plain))
 
-    # ----------------------------------------------------------------- run
     def run_task(self, t: int) -> None:
         t0 = time.perf_counter()
         task = self.task(t)
@@ -460,19 +434,18 @@ class Experiment:
                                           if self.device.type == "cuda" else None))
         rss = [v for v in (peak_rss_gib(), self.env.get("peak_rss_gib")) if v is not None]
         self.env["peak_rss_gib"] = max(rss) if rss else None  # over the sessions of a run
-        self.run_dir.write_json("env.json", self.env)
+        write_json_atomic(self.run_dir.path / "env.json", self.env)
 
     def start(self, changes: list[str]) -> None:
         """env.json for this session (keeping the first start time of a resumed run)."""
         self._clock = time.time()
         if not self.dist.is_main:
             return
-        previous = read_json(self.run_dir.path / "env.json")
+        done, previous = self.tracker.tasks_done(), read_json(self.run_dir.path / "env.json")
         self.env["start_time"] = previous.get("start_time") or utc_now()
-        resumed = self.tracker.tasks_done() > 0
-        self.env["peak_rss_gib"] = previous.get("peak_rss_gib") if resumed else None
+        self.env["peak_rss_gib"] = previous.get("peak_rss_gib") if done else None  # kept on resume
         self.env["sessions"] = (previous.get("sessions") or []) + [
-            {"start_time": utc_now(), "from_task": self.tracker.tasks_done(),
+            {"start_time": utc_now(), "from_task": done,
              "hostname": self.env["hostname"], "device": self.env["device"],
              "gpu": self.env["gpu"], "changed_keys": list(changes)}]
         self.write_env()
@@ -487,7 +460,7 @@ class Experiment:
             metrics = self.metrics()
             if self.dist.is_main:
                 self.run_dir.save_checkpoint(self.state_dict())
-                self.run_dir.write_json("metrics.json", metrics)
+                write_json_atomic(self.run_dir.path / "metrics.json", metrics)
                 if self.logger:
                     self.logger.task(t, metrics, self.learner)
             self.write_env()

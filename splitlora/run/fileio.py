@@ -1,14 +1,8 @@
 """Expected failures, and the files the project reads and writes, safely (no torch here).
 
-A :class:`UserError` is printed by the CLI as one ``error:`` line, as are the lower packages'
-own bases (``models.ModelError``, ``datasets.DataError``, ``splitlora.engine.NumericalError``).
-Writes are atomic: a temporary file in the same folder, flushed, then renamed over the target,
-so a process killed at any instant leaves the old file or the new one, never a torn one; the
-rename replaces a link itself, so no write follows a link out of its folder. Reads of files a
-user hands over (configs, run files) accept only regular files, of bounded size.
+Writes are atomic (a temporary file renamed over the target: the old file or the new one,
+never a torn one) and follow no link; reads accept only regular files of bounded size.
 """
-from __future__ import annotations
-
 import contextlib
 import errno
 import json
@@ -21,8 +15,7 @@ from typing import Any, Callable, Optional
 
 
 class UserError(Exception):
-    """A failure caused by the user's input or environment (config, data, weights, files).
-    The message names what is wrong and how to fix it."""
+    """A failure of the user's input or environment: one ``error:`` line, with how to fix it."""
 
 
 class ConfigError(UserError, ValueError):
@@ -40,16 +33,14 @@ def os_reason(exc: OSError) -> str:
 
 def read_regular_file(path: Path, what: str, limit: int, error: type[Exception],
                       hint: str = "") -> bytes:
-    """The bytes of an existing regular file (a link to one is fine) of at most ``limit``
-    bytes; else ``error(message)`` saying what the path is instead (missing, a directory, a
-    FIFO, too big, ...)."""
+    """The bytes of a regular file (or a link to one) of at most ``limit`` bytes; else
+    ``error(message)`` saying what the path is instead (missing, a directory, a FIFO, ...)."""
     suffix = f"; {hint}" if hint else ""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        broken = os.path.islink(path)
-        raise error(f"{what} {path} " + ("is a symbolic link to a missing file" if broken else
-                                         "not found") + suffix) from None
+        raise error(f"{what} {path} " + ("is a symbolic link to a missing file" if
+                                         os.path.islink(path) else "not found") + suffix) from None
     except OSError as exc:
         raise error(f"{what} {path} cannot be read: {os_reason(exc)}{suffix}") from None
     if not stat.S_ISREG(st.st_mode):
@@ -58,8 +49,7 @@ def read_regular_file(path: Path, what: str, limit: int, error: type[Exception],
                 stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise error(f"{what} {path} is {kind}, not a file{suffix}")
     if st.st_size > limit:
-        raise error(f"{what} {path} is {st.st_size} bytes, more than the {limit} a file of its "
-                    "kind can need")
+        raise error(f"{what} {path} is {st.st_size} bytes, more than the {limit} allowed")
     try:  # O_NONBLOCK: a file swapped for a FIFO meanwhile cannot hang the open
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
@@ -81,9 +71,8 @@ def read_json(path: Path, limit: int = 64 << 20) -> dict:
 def atomic_replace(path: Path, write: Callable[[Path], None],
                    before_replace: Optional[Callable[[], None]] = None,
                    suffix: str = ".tmp") -> None:
-    """Make a new ``path`` through ``write(tmp)``, which creates the file (or link) ``tmp``
-    beside it, then rename ``tmp`` over ``path``. On any failure ``tmp`` is removed and
-    ``path`` is left as it was; errors propagate unchanged."""
+    """``write(tmp)`` creates ``tmp`` beside ``path``, then it is renamed over ``path``; on any
+    failure ``tmp`` is removed, ``path`` left as it was and the error propagates."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
     try:
@@ -99,9 +88,7 @@ def atomic_replace(path: Path, write: Callable[[Path], None],
 def atomic_write_bytes(path: Path, data: bytes,
                        before_replace: Optional[Callable[[], None]] = None,
                        suffix: str = ".tmp") -> None:
-    """Write ``data`` to ``path`` atomically and durably (the temporary file is created with
-    O_EXCL: never through a link). A failure (full disk, permissions) is a :class:`WriteError`
-    naming the file; the previous ``path``, if any, is left as it was."""
+    """Write ``data`` to ``path`` atomically and durably, never through a link; else WriteError."""
     def write(tmp: Path) -> None:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(data)
@@ -141,10 +128,8 @@ def open_append_no_follow(path: Path):
 
 
 def check_output_dir(path: Path, what: str = "--output") -> None:
-    """Refuse an output folder that cannot be created or written, before anything is written:
-    its nearest existing ancestor (itself included) must be a folder this process can create
-    files in (tested by creating and removing a temporary file there: permission bits,
-    read-only file systems and root all answer truthfully)."""
+    """Refuse an output folder that cannot be created or written: its nearest existing ancestor
+    must take a temporary file (the one test true for permissions, read-only mounts, root)."""
     path = probe = Path(path)
     too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
     if too_long:
@@ -159,12 +144,9 @@ def check_output_dir(path: Path, what: str = "--output") -> None:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise WriteError(f"{what} {path} lies under {probe}, which is a file, not a folder; "
-                         "pass another path")
+        raise WriteError(f"{what} {path} lies under {probe}, which is a file, not a folder")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".splitlora-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
+        with tempfile.NamedTemporaryFile(prefix=".splitlora-write-test-", dir=probe):
+            pass
     except OSError as exc:
-        raise WriteError(f"{what} {path}: cannot write in {probe} ({os_reason(exc)}); pass a "
-                         "path you can write to") from None
+        raise WriteError(f"{what} {path}: cannot write in {probe} ({os_reason(exc)})") from None

@@ -1,14 +1,9 @@
 """Launching a suite's runs: on this machine, or on a Slurm cluster through submitit.
 
-Either way a run is the same ``main.py`` command in its own run directory (lock, resume and
-all), its output appended to ``<run dir>/console.txt`` with a last line saying how it ended.
-Locally: one run per device slot (a GPU group, or CPU), a queue over the rest; the runs end
-with this process (even a SIGKILL of it) and a stop signal is passed on to them. On Slurm: one
-job per run, one job array per invocation; a job at its time limit or preempted is requeued
-(submitit's checkpoint hook) and continues from its last completed task.
+Either way a run is one ``main.py`` command, its output appended to ``<run dir>/console.txt``
+with a last line saying how it ended. Local runs end with this process, however it ends.
 """
-from __future__ import annotations
-
+import contextlib
 import ctypes
 import errno
 import os
@@ -87,17 +82,14 @@ def last_exit(run_dir: Path) -> Optional[int]:
 
 
 def update_states(plan: list[Run], queued: dict[str, str], slurm: Optional[Path] = None) -> None:
-    """Each run's state from its directory (any machine that sees it): done, conflict, running
-    (its lock is held), queued (a Slurm job waits), failed (its last session ended with an
-    error: ``detail`` names the log that says why), stopped (resumable) or missing."""
+    """Each run's state from its directory: done, conflict, running (lock held), queued (Slurm),
+    failed (``detail`` names the log that says why), stopped (resumable) or missing."""
     from .config import load_config
     jobs = read_json(slurm / "jobs.json") if slurm else {}
     for run in plan:
         cfg = load_config(run.config, run.overrides + [f"seed={run.seed}"])
-        run.method, run.detail = cfg.method.name, ""
-        run.status = run_status(run.out_dir, cfg)
-        if run.status == "conflict":
-            run.detail = "holds complete results of a different config"
+        run.method, run.status = cfg.method.name, run_status(run.out_dir, cfg)
+        run.detail = "holds complete results of another config" if run.status == "conflict" else ""
         if run.status != "missing":
             continue
         code, job = last_exit(run.out_dir), jobs.get(str(run.out_dir))
@@ -117,10 +109,8 @@ def update_states(plan: list[Run], queued: dict[str, str], slurm: Optional[Path]
 
 def _die_with_parent() -> None:
     """In a child, before exec: SIGTERM when the parent dies, however it dies (Linux)."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # elsewhere runs may outlive a killed parent
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the runs may outlive a killed parent
 
 
 def start(command: list[str], run_dir: Path, env: dict) -> tuple[subprocess.Popen, object]:
@@ -139,8 +129,8 @@ def finish(console, code: int) -> None:
 
 
 class SignalRelay:
-    """While active, SIGINT, SIGTERM and SIGHUP are recorded instead of stopping this process,
-    so that the runs can be told and waited for. A signal ignored at start stays ignored."""
+    """While active, SIGINT, SIGTERM and SIGHUP are recorded, not stopping this process (unless
+    ignored at start): the runs can be told and waited for."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
@@ -158,8 +148,7 @@ class SignalRelay:
 
 
 def cuda_visible(slot: str) -> str:
-    """CUDA_VISIBLE_DEVICES for a run on ``slot`` (indices as this process sees them), mapped
-    through this process's own CUDA_VISIBLE_DEVICES when it is set."""
+    """CUDA_VISIBLE_DEVICES for a run on ``slot``, through this process's own when set."""
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
     if parent is None:
         return slot
@@ -168,9 +157,8 @@ def cuda_visible(slot: str) -> str:
 
 
 def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional[int]:
-    """Run the runs to run in plan order, one per slot at a time. On a stop signal no new run
-    starts and the running ones get it (SIGHUP as SIGTERM); a second signal kills them.
-    Returns the stop signal, or None."""
+    """Run the plan's runs to run, one per slot at a time; returns the stop signal (or None):
+    the running runs get it (SIGHUP as SIGTERM), a second signal kills them."""
     todo = deque(r for r in plan if r.status in TO_RUN)
     live: dict[int, tuple[Run, subprocess.Popen, object, float]] = {}
     stopped_by: Optional[int] = None
@@ -180,8 +168,7 @@ def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional
             for _, proc, _, _ in live.values():
                 proc.send_signal(signal.SIGTERM if stopped_by == signal.SIGHUP else stopped_by)
             print(f"received {signal.Signals(stopped_by).name}: no new run starts; waiting for "
-                  f"{len(live)} running run(s) to stop (a second signal kills them)",
-                  file=sys.stderr, flush=True)
+                  f"{len(live)} run(s) to stop (a second kills them)", file=sys.stderr, flush=True)
         elif len(relay.received) > 1:
             for _, proc, _, _ in live.values():
                 proc.kill()
@@ -211,13 +198,9 @@ def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional
     return stopped_by
 
 
-# --------------------------------------------------------------------------- Slurm
-
 class MainJob:
-    """A Slurm job's body (submitit pickles it): run one ``main.py`` command. At the time limit
-    or a preemption submitit calls :meth:`checkpoint`, which requeues the job unless three
-    attempts in a row completed no task (a task longer than the limit is not requeued
-    forever). A run that fails (bad data, bad config) raises: a failed job, not requeued."""
+    """A Slurm job's body: one ``main.py`` command. :meth:`checkpoint` (time limit, preemption)
+    requeues it unless three attempts in a row completed no task; a failed run raises."""
 
     def __init__(self, idle_attempts: int = 0) -> None:
         self.idle_attempts = idle_attempts
@@ -261,8 +244,7 @@ class MainJob:
 
 
 def slurm_minutes(text: str) -> int:
-    """Slurm's time formats (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) in minutes (>= 1);
-    ValueError for anything else."""
+    """Minutes (>= 1) of a Slurm time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S); else ValueError."""
     days, dash, rest = text.partition("-") if "-" in text else ("0", "", text)
     parts = [int(p) for p in rest.split(":")]
     if len(parts) > 3 or min(parts + [int(days)]) < 0:
@@ -275,8 +257,7 @@ def slurm_minutes(text: str) -> int:
 
 
 def submit_slurm(plan: list[Run], folder: Path, options: dict) -> dict[str, str]:
-    """Submit the runs to run as one job array; returns {run dir: job id}, also merged into
-    ``folder/jobs.json`` (what ``--summarize`` reads)."""
+    """One job array of the runs to run; {run dir: job id}, also merged into ``jobs.json``."""
     import submitit
     todo = [r for r in plan if r.status in TO_RUN]
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=1000)

@@ -1,6 +1,4 @@
-"""A suite's table from its finished runs' ``metrics.json``, beside the paper's figures (no torch)."""
-from __future__ import annotations
-
+"""A suite's table from its finished runs' metrics.json, beside the paper's figures (no torch)."""
 import csv
 import io
 import logging
@@ -26,11 +24,10 @@ def load_published(path: Path = PUBLISHED) -> dict:
 
 def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
     """Mean and sample standard deviation (None for one value: no spread; both for none)."""
-    if not values:
-        return None, None
+    if len(values) < 2:
+        return (float(values[0]) if values else None), None
     m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 \
-        else None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
 @dataclass
@@ -62,9 +59,8 @@ class Row:
 
 
 def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
-    """Rows from (setting, method, seed, run dir, paper figures), in the plan's order. A row
-    averages complete runs of distinct seeds only (the seed metrics.json records, else the
-    planned one): a run directory listed twice, or a second run of a seed, counts once."""
+    """Rows from (setting, method, seed, run dir, paper figures), in the plan's order, of
+    complete runs of distinct seeds (the seed metrics.json records): each counts once."""
     rows: dict[tuple[str, str], Row] = {}
     seen: set[Path] = set()
     for setting, method, seed, run_dir, paper in plan:
@@ -96,7 +92,6 @@ def _cell(m: Optional[float], s: Optional[float] = None, signed: bool = False) -
 
 
 def markdown_table(rows: list[Row], paper: bool = True) -> str:
-    """The Markdown table; ``paper``: with the paper's figures and our difference to them."""
     head = ["setting", "method", "seeds", "final acc.", "avg. inc. acc.", "forgetting"]
     head += ["paper final", "Δ final", "paper avg. inc.", "Δ avg. inc."] if paper else []
     head += ["wall (min/run)", "peak GPU mem (GiB)", "peak RSS (GiB)"]
@@ -126,12 +121,10 @@ def csv_table(rows: list[Row], paper: bool = True) -> str:
 
 def write_summary(rows: list[Row], out_dir: Path, title: str = "Results",
                   stem: str = "summary", paper: bool = True) -> str:
-    """Write <stem>.md and <stem>.csv into ``out_dir``; return the Markdown."""
-    note = ("Accuracies in %, mean ± sample std over the seeds that finished (one seed: its "
-            "value, no ±)" + ("; Δ = ours − paper" if paper else "") + ". Forgetting is – where "
-            "undefined (a single task, e.g. joint training). Wall time: mean per run; peak "
-            "memory: the largest over the runs (GPU memory allocated by torch, – on CPU; "
-            "resident memory of the main.py process).")
+    note = ("Accuracies in %, mean ± sample std over the seeds that finished (one seed: no ±)"
+            + ("; Δ = ours − paper" if paper else "") + ". Forgetting is – where undefined (one "
+            "task, e.g. joint training). Wall time: mean per run; peak memory: the largest over "
+            "the runs (torch's GPU allocation, – on CPU; the main.py process's resident memory).")
     md = f"# {title}\n\n{note}\n\n" + markdown_table(rows, paper)
     atomic_write_text(Path(out_dir) / f"{stem}.md", md)
     atomic_write_text(Path(out_dir) / f"{stem}.csv", csv_table(rows, paper))

@@ -1,18 +1,14 @@
 """The run directory and every guarantee about it, in one place.
 
 - **One writer**: ``flock`` on ``<run dir>/.lock`` from before the directory is read until the
-  process exits, however it exits (a dead holder's lock is taken over); the file names the
-  holder for the message a refused process prints. On a network file system without
-  ``flock``, two machines writing one run directory are not detected.
-- **Exact resume, same config and data**: a directory holding a run of another config is
-  refused (keys absent from its config.yaml count at their defaults; ``RESUMABLE_KEYS`` may
-  change); a checkpoint is accepted only with the same config, backbone weights and data.
-- **Nothing lost**: atomic writes; ``--force`` moves the previous files aside; a run refused
-  before it wrote anything leaves nothing behind; no file of the run is written through a link.
+  process exits, however it exits (a dead holder's lock is taken over; not detected across
+  machines on a network file system without ``flock``).
+- **Exact resume**: a run of another config is refused (absent keys at their defaults;
+  ``RESUMABLE_KEYS`` may change); a checkpoint needs the same config, weights and data.
+- **Nothing lost**: atomic writes; ``--force`` moves the previous files aside; a refused run
+  leaves nothing behind; no file of the run is written through a link.
 - **Untrusted files read safely**: ``torch.load(weights_only=True)``, no pickled code runs.
 """
-from __future__ import annotations
-
 import contextlib
 import errno
 import io
@@ -29,7 +25,7 @@ import yaml
 
 from .config import RESUMABLE_KEYS, Config, config_from_dict, dump_yaml, flatten, to_dict
 from .fileio import (ConfigError, UserError, WriteError, atomic_write_bytes, atomic_write_text,
-                     check_output_dir, read_json, read_regular_file, write_json_atomic)
+                     check_output_dir, read_json, read_regular_file)
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +47,9 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# --------------------------------------------------------------------------- identity
-
 def config_changes(previous: dict, cfg: Config) -> tuple[list[str], list[str]]:
-    """(changes of keys that may change on resume, changes of the run's identity) from a
-    stored config to ``cfg``, as ``key: old -> new``. Keys absent from the stored config are
-    taken at their defaults, so a key added to the schema never strands an existing run."""
+    """(resumable changes, identity changes) from a stored config to ``cfg``, as ``key: old ->
+    new``; absent keys count at their defaults, so a new schema key never strands a run."""
     try:
         old = flatten(to_dict(config_from_dict(previous)))
     except ConfigError as exc:
@@ -75,10 +68,9 @@ def data_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
     changes: list[str] = []
     if old.get("benchmark") != new.get("benchmark"):
         changes.append(f"benchmark {old.get('benchmark')!r} -> {new.get('benchmark')!r}")
-    old_classes = [c for t in old.get("task_classes", []) for c in t]
-    new_classes = [c for t in new.get("task_classes", []) for c in t]
-    added = [c for c in new_classes if c not in set(old_classes)]
-    removed = [c for c in old_classes if c not in set(new_classes)]
+    was, now = ([c for t in d.get("task_classes", []) for c in t] for d in (old, new))
+    added = [c for c in now if c not in set(was)]
+    removed = [c for c in was if c not in set(now)]
     changes += [f"classes {word}: {few(items)}" for word, items in
                 (("added", added), ("removed", removed)) if items]
     if not added and not removed and old.get("task_classes") != new.get("task_classes"):
@@ -95,8 +87,7 @@ def data_changes(old: dict, new: dict, limit: int = 6) -> list[str]:
 
 
 def weights_fingerprint(info: dict) -> tuple:
-    """What identifies backbone weights across machines: the source and the file's hash (the
-    path of a hub cache or a copied file may differ)."""
+    """Backbone weights across machines: the source and the file's hash (paths may differ)."""
     return info.get("source"), info.get("sha256"), info.get("tag") if not info.get("sha256") else None
 
 
@@ -110,15 +101,12 @@ def read_config(path: Path) -> Optional[dict]:
 
 
 def run_status(run_dir: Path, cfg: Config) -> str:
-    """``done`` (complete results of this config), ``conflict`` (complete results of another
-    config) or ``missing``, from the run directory's files alone."""
+    """``done``, ``conflict`` (complete results of another config) or ``missing``."""
     if not read_json(run_dir / "metrics.json").get("complete"):
         return "missing"
     previous = read_config(run_dir / "config.yaml")
     return "done" if previous is not None and not config_changes(previous, cfg)[1] else "conflict"
 
-
-# --------------------------------------------------------------------------- the directory
 
 @dataclass
 class RunState:
@@ -131,26 +119,18 @@ class RunState:
 
 
 class RunDir:
-    """A run directory held by this process. ``open()`` checks the path, takes the lock and
-    decides what the directory holds for ``cfg`` (:class:`RunState`), refusing what cannot be
-    continued; ``begin()`` starts writing (``--force`` sets the previous run aside, config.yaml
-    is written); ``close()`` releases the lock and, when the run never began, removes what
-    ``open()`` created."""
+    """A run directory held by this process: ``open()`` locks it and decides (:class:`RunState`),
+    ``begin()`` starts writing, ``close()`` unlocks (undoing ``open()`` if it never began)."""
 
     def __init__(self, path: Path, command: Optional[str] = None) -> None:
         self.path, self.command, self.began = Path(path), command, False
         self._fd: Optional[int] = None
         self._created: list[Path] = []  # folders and the lock file made by open()
 
-    # ----------------------------------------------------------------- lock
     def _holder(self) -> str:
-        """Who holds (or held) the lock, from the record in its file ("" without one)."""
-        holder = read_json(self.path / LOCK, 1 << 16)
-        if not holder:
-            return ""
-        return (f"pid {holder.get('pid')} on host {holder.get('host')}, started "
-                f"{holder.get('start_time')}" + (f" ({holder['command']})"
-                                                 if holder.get("command") else ""))
+        h = read_json(self.path / LOCK, 1 << 16)  # the record of who holds (or held) the lock
+        return (f"pid {h.get('pid')} on host {h.get('host')}, started {h.get('start_time')}"
+                + (f" ({h['command']})" if h.get("command") else "")) if h else ""
 
     def _lock(self) -> None:
         import fcntl
@@ -177,18 +157,15 @@ class RunDir:
                                        "for it to finish, or pass another --output") from None
             raise
         self._fd = fd
-        previous = self._holder()
-        if previous:
-            log.info("took over the lock of %s left by %s (no longer running)", self.path,
-                     previous)
+        if previous := self._holder():
+            log.info("took over the lock of %s left by %s (no longer running)", self.path, previous)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "start_time": utc_now(),
                   "command": self.command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
 
     def close(self) -> None:
-        """Release the lock (its file emptied); if the run never began, remove the lock file
-        and the folders ``open()`` created (a folder only when empty)."""
+        """Release the lock; if the run never began, remove what ``open()`` created (if empty)."""
         if self._fd is not None:
             import fcntl
             with contextlib.suppress(OSError):
@@ -204,20 +181,17 @@ class RunDir:
                     break
         self._created = []
 
-    # ----------------------------------------------------------------- deciding
     def open(self, cfg: Config, resume: bool = False, force: bool = False,
              lock: bool = True) -> RunState:
         """Check the directory, lock it (``lock``: the process that writes) and decide."""
         if resume and force:
-            raise ConfigError("--resume and --force contradict each other: --resume continues "
-                              f"the run in {self.path}, --force moves its files aside and starts "
-                              "again; pass one of them")
+            raise ConfigError(f"--resume and --force contradict each other (continue the run in "
+                              f"{self.path}, or set its files aside and start again); pass one")
         check_output_dir(self.path)
         links = [n for n in RUN_FILES + (LOCK,) if (self.path / n).is_symlink()]
         if links:
-            raise WriteError(f"{self.path / links[0]} is a symbolic link; a run directory holds "
-                             "only the run's own files (a write there could land outside it). "
-                             "Move it away or pass another --output")
+            raise WriteError(f"{self.path / links[0]} is a symbolic link: a write could follow it "
+                             "out of the run directory; move it away or pass another --output")
         if lock:
             self._lock()
         try:
@@ -231,9 +205,8 @@ class RunDir:
         present = {n for n in RUN_FILES if (self.path / n).exists()}
         if previous is None and not force and {"config.yaml", CHECKPOINT, "metrics.json"} & present:
             what = "is not valid YAML" if "config.yaml" in present else "is missing"
-            raise ConfigError(f"{self.path} holds run files but its config.yaml {what}, so the "
-                              "run there cannot be identified; use another --output, or "
-                              "--force to move its files aside and start a new run")
+            raise ConfigError(f"{self.path} holds run files but its config.yaml {what}: the run "
+                              "cannot be identified; use another --output, or --force")
         if previous is not None and not force:
             changes, identity = config_changes(previous, cfg)
             if identity:
@@ -248,8 +221,7 @@ class RunDir:
             if (self.path / CHECKPOINT).is_file():
                 return RunState("resume", self.load_checkpoint(), changes=changes)
         if resume:
-            raise ConfigError(f"--resume: no checkpoint of this config in {self.path} (nothing "
-                              "to resume); run without --resume to start it")
+            raise ConfigError(f"--resume: nothing to resume in {self.path}; run without --resume")
         return RunState("fresh")
 
     def verify(self, state: dict, cfg: Config, weights: dict, data: dict) -> None:
@@ -266,14 +238,11 @@ class RunDir:
         changes = data_changes(state.get("data") or {}, data)
         if changes:
             raise CheckpointError(f"the data changed since the checkpoint {source} was written: "
-                                  + "; ".join(changes) + ". Restore the data the run started "
-                                  "with, or start a new run (another --output, or --force to "
-                                  "replace this one)")
+                                  + "; ".join(changes) + ". Restore it, or start a new run "
+                                  "(another --output, or --force)")
 
-    # ----------------------------------------------------------------- writing
     def begin(self, cfg: Config, force: bool = False) -> None:
-        """The run starts writing: ``force`` moves the previous run's files into
-        ``replaced-<UTC time>/`` (nothing is deleted); the resolved config is written."""
+        """Start writing: ``force`` moves the previous run's files into ``replaced-<UTC time>/``."""
         self.began = True
         present = [n for n in RUN_FILES if force and os.path.lexists(self.path / n)]
         if present:
@@ -289,9 +258,6 @@ class RunDir:
                         "folder when you no longer need them", ", ".join(present), dest)
         atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
 
-    def write_json(self, name: str, data: dict) -> None:
-        write_json_atomic(self.path / name, data)
-
     def save_checkpoint(self, state: dict) -> None:
         """Atomically write ``state`` (tensors, numbers, strings, lists, dicts only)."""
         import torch
@@ -305,16 +271,14 @@ class RunDir:
     def load_checkpoint(self) -> dict:
         """The checkpoint, read without executing pickled code; any damage is one error."""
         import torch
-
         from models import load_error_reason
         path = self.path / CHECKPOINT
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle, ...
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read ({load_error_reason(exc)}). It is damaged or "
-                "not a checkpoint of this project; it was left untouched. Move it away to restart "
-                "the run from scratch, or point --output at another directory.") from None
+            raise CheckpointError(f"checkpoint {path} cannot be read ({load_error_reason(exc)}): "
+                                  "damaged or not this project's, left untouched; move it away "
+                                  "to restart from scratch, or use another --output") from None
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"checkpoint {path} has an unknown format (expected version "
                                   f"{FORMAT_VERSION}); move it away to restart from scratch")
