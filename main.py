@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _stop_on_sigterm(signum: int, frame) -> None:
-    """SIGTERM stops a run as Ctrl-C does: finished tasks stay checkpointed, no temporary file."""
+    """SIGTERM stops a run as Ctrl-C does: finished tasks stay checkpointed, no temporary file.
+    Once: a second SIGTERM (Slurm signals every process of a job it requeues) must not cut the
+    clean stop short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -335,10 +335,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"received {signal.Signals(received[0]).name} after every run had finished; "
               "the results above are complete", file=sys.stderr)
         return 128 + received[0]
-    failed = [r for r in plan if r.status == "failed"]
-    if failed and not args.summarize:
-        print(f"{len(failed)} run(s) failed:", file=sys.stderr)
-    return 1 if report_states(plan if args.summarize else failed) else 0
+    if args.summarize:
+        return 1 if report_states(plan) else 0
+    unfinished = [r for r in plan if r.status != "done"]
+    if unfinished:
+        print(f"{len(unfinished)} run(s) did not finish:", file=sys.stderr)
+        report_states(unfinished)
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Benchmarks registered by name (image source, class count, transforms); ``build_benchmark``
-checks the data and returns a :class:`Benchmark`, which serves task datasets."""
+checks the data and returns a :class:`Benchmark`, which serves task datasets. Class order and
+task split: docs/protocol.md."""
 
 import hashlib
 import os
@@ -8,27 +9,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from . import transforms as tf
 from .folder import (IMAGE_EXTENSIONS, DataError, FolderImageSet, ImageSet, TaskDataset,
                      list_class_dirs, list_images)
-from .normalize import Uint8Normalize
 from .synthetic import SyntheticImageSet
-from .tasks import class_order, split_tasks
+
+
+def class_order(num_classes: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Sorted class ids 0..C-1, permuted by ``numpy.random.Generator(PCG64(seed))``."""
+    ids = np.arange(num_classes)
+    if shuffle:
+        ids = np.random.Generator(np.random.PCG64(seed)).permutation(ids)
+    return [int(i) for i in ids]
+
+
+def split_tasks(order: list[int], num_tasks: int) -> list[list[int]]:
+    """Cut the class order into ``num_tasks`` equal consecutive chunks; the class at position j
+    of task t gets the global label ``t * classes_per_task + j``."""
+    if num_tasks < 1 or len(order) % num_tasks:
+        raise ValueError(f"{len(order)} classes cannot be split into {num_tasks} equal tasks "
+                         "(dataset.num_tasks must divide the class count)")
+    per = len(order) // num_tasks
+    return [list(order[t * per:(t + 1) * per]) for t in range(num_tasks)]
 
 
 @dataclass
 class Benchmark:
-    """Splits, class names (index = class id) and float transforms; the ``*_uint8`` ones stop
-    before ToTensor + Normalize, which ``normalize`` does on the device (bitwise the same)."""
+    """Splits, class names (index = class id) and transforms to uint8 tensors, which
+    ``normalize`` turns into float batches on the device (bitwise ToTensor + Normalize)."""
     name: str
     classes: list[str]
     train: ImageSet
     val: ImageSet
     train_transform: Callable
     eval_transform: Callable
-    train_transform_uint8: Optional[Callable] = None
-    eval_transform_uint8: Optional[Callable] = None
-    normalize: Optional[Callable] = None  # uint8 batch -> float batch (Uint8Normalize)
+    normalize: Callable  # uint8 batch -> float batch (Uint8Normalize)
 
     @property
     def num_classes(self) -> int:
@@ -51,18 +68,14 @@ class Benchmark:
             out["files_sha256"][split] = hashlib.sha256("\n".join(keys).encode()).hexdigest()
         return out
 
-    def transform(self, kind: str, uint8: bool = False) -> Callable:
-        """The 'train' or 'eval' transform; ``uint8``: leave normalising to :attr:`normalize`."""
-        return getattr(self, f"{kind}_transform" + ("_uint8" if uint8 and self.normalize else ""))
-
     def task_dataset(self, split: str, classes: Sequence[int], label_offset: int,
                      transform: Optional[Callable] = None, skip_bad: bool = False,
-                     uint8: bool = False, images: Optional[ImageSet] = None) -> TaskDataset:
+                     images: Optional[ImageSet] = None) -> TaskDataset:
         """``classes`` of ``split``, read from ``images`` if given (e.g. a decoded cache)."""
         if images is None:
             images = self.train if split == "train" else self.val
         if transform is None:
-            transform = self.transform("train" if split == "train" else "eval", uint8)
+            transform = self.train_transform if split == "train" else self.eval_transform
         return TaskDataset(images, classes, label_offset, transform, skip_bad)
 
 
@@ -153,12 +166,6 @@ def check_folder_root(root: Optional[str], name: str, expected: Optional[int], n
     return train_classes
 
 
-def _with_transforms(name: str, classes: list[str], train: ImageSet, val: ImageSet,
-                     make_train: Callable, make_eval: Callable, mean, std) -> Benchmark:
-    return Benchmark(name, classes, train, val, make_train("float"), make_eval("float"),
-                     make_train("uint8"), make_eval("uint8"), Uint8Normalize(mean, std))
-
-
 def _folder_benchmark(name: str, expected: Optional[int], policy: str, interp: str,
                       eval_mode: str, tool: str = "", options: str = "") -> None:
     """Register an image-folder benchmark: AutoAugment ``policy``, ``interp`` for crop and resize,
@@ -170,11 +177,11 @@ def _folder_benchmark(name: str, expected: Optional[int], policy: str, interp: s
         classes = check_folder_root(cfg.root, name, expected, num_tasks, hint)
         root = Path(cfg.root).expanduser()
         mode = eval_mode if cfg.eval_transform == "official" else cfg.eval_transform
-        return _with_transforms(
+        return Benchmark(
             name, classes, FolderImageSet(root / "train", classes, "train", cfg.max_image_pixels),
             FolderImageSet(root / "val", classes, "val", cfg.max_image_pixels),
-            lambda out: tf.train_transform(img_size, policy, interp, mean, std, out),
-            lambda out: tf.eval_transform(img_size, mode, interp, mean, std, out), mean, std)
+            tf.train_transform(img_size, policy, interp, mean, std, "uint8"),
+            tf.eval_transform(img_size, mode, interp, mean, std, "uint8"), tf.Uint8Normalize(mean, std))
     register_benchmark(BenchmarkSpec(name, expected, build, tool or "any dataset in the "
                                      "ROOT/train/<class>/, ROOT/val/<class>/ layout"))
 
@@ -188,12 +195,12 @@ def _build_synthetic(cfg, img_size: int, num_tasks: int, mean: Sequence[float],
                         "(leave it at 'official')")
     check_task_split(s.num_classes, num_tasks, "the synthetic benchmark",
                      f"dataset.synthetic.num_classes = {s.num_classes}")
-    return _with_transforms(
+    return Benchmark(
         name, [f"synthetic_{s.class_offset + c}" for c in range(s.num_classes)],
         *(SyntheticImageSet(s.num_classes, per, s.image_size, s.seed, s.class_offset, split)
           for split, per in (("train", s.train_per_class), ("val", s.val_per_class))),
-        lambda out: tf.tensor_train_transform(img_size, mean, std, out),
-        lambda out: tf.tensor_eval_transform(img_size, mean, std, out), mean, std)
+        tf.tensor_train_transform(img_size, mean, std, "uint8"),
+        tf.tensor_eval_transform(img_size, mean, std, "uint8"), tf.Uint8Normalize(mean, std))
 
 
 _folder_benchmark("folder", None, "imagenet", "bilinear", "squash_crop")

@@ -5,7 +5,6 @@ rebuilds exactly a fresh decode's pixels. Cost: ``3 * width * height`` bytes per
 per 10,000 images of 500 x 375), for the current task only, per torchrun process."""
 
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Sequence
@@ -28,10 +27,6 @@ def available_memory() -> Optional[int]:
         with open("/proc/meminfo") as f:
             return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
     except (OSError, StopIteration):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
         return None
 
 

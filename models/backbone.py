@@ -1,5 +1,6 @@
 """Build a timm Vision Transformer backbone (classifier removed) and load its weights safely."""
 
+import difflib
 import hashlib
 import os
 import re
@@ -183,8 +184,10 @@ def check_backbone(name: str, img_size: int = 224, kwargs: Optional[dict[str, An
             model = timm.create_model(name, pretrained=False, **extra)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
-            raise UnsupportedModelError(f"{label} is not a timm model; list them with "
-                                        "timm.list_models('vit_*')") from None
+            close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+            raise UnsupportedModelError(f"{label} is not a timm model; " + (
+                f"did you mean {', '.join(close)}?" if close else "list them with "
+                "timm.list_models('vit_*')")) from None
         raise UnsupportedModelError(f"{label} cannot be built with img_size {img_size} and "
                                     f"model.kwargs {kwargs or {}}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a constructor rejecting its arguments

@@ -8,8 +8,6 @@ mathematics is importable from the package root::
 
 (loaded lazily, so that importing the package does not import torch).
 """
-from __future__ import annotations
-
 import importlib
 from typing import Any
 

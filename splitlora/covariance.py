@@ -8,8 +8,6 @@ uncentred second moment of the input of ``attn.qkv`` (k and v share it) over eve
 never reset, so after task t, C_l covers tasks 0..t weighted by token count. The inputs are
 caught by forward pre-hooks that exist only inside :func:`collect_covariance`.
 """
-from __future__ import annotations
-
 import contextlib
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -20,10 +18,8 @@ from .engine import autocast, progress_bar
 
 
 class CovarianceAccumulator:
-    """Sums of x x^T and token counts for L layers of input width d.
-
-    State: ``sums`` (L, d, d) in ``dtype`` and ``counts`` (L,) float64, on ``device``.
-    """
+    """Sums of x x^T and token counts for L layers of input width d. State: ``sums`` (L, d, d)
+    in ``dtype`` and ``counts`` (L,) float64, on ``device``."""
 
     def __init__(self, num_layers: int, dim: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write docs/config.md from the config schema, so it cannot go stale.
+"""Write the tables of docs/config.md from the config schema, so they cannot go stale.
 
     python tools/config_doc.py            # rewrite docs/config.md
     python tools/config_doc.py --check    # exit 1 if docs/config.md differs (a test runs this)
@@ -24,25 +24,8 @@ from splitlora.run import config as schema  # noqa: E402
 
 OUTPUT = REPO / "docs" / "config.md"
 
-HEADER = """# Configuration reference
-
-Generated from the schema by `python tools/config_doc.py` (a test checks that this file is
-current). Every default is the published protocol ([protocol.md](protocol.md)); a setting file
-in `configs/` only states what differs, and each run directory's `config.yaml` holds the
-resolved whole. Configs are loaded by [OmegaConf](https://omegaconf.readthedocs.io) as typed
-structured configs: the schema's defaults, then the `--config` file, then each `--set KEY=VALUE`
-(the value is parsed as YAML: `--set train.milestones=[3,6]`, `--set 'model.kwargs={depth: 6}'`);
-a mapping given for a section (`--set 'train={epochs: 3}'`) is merged key by key. Unknown keys,
-wrong types, duplicate keys and YAML tags are refused before anything runs, with the closest
-known key suggested; `python main.py --config FILE --print-config` prints the resolved
-configuration. Each method reads its own section `method.<name>`; a key of another method's
-section set on the command line gives a warning.
-
-Keys marked *resumable* may change when an interrupted run is continued (they change how the
-remaining tasks run, not what the finished ones computed); every other key is part of the
-run's identity, and a run directory holding another value is refused. A key added to the
-schema after a run was made counts at its default for that run.
-"""
+# the introduction above this line is prose kept in docs/config.md; the tables below it are made here
+MARKER = "<!-- generated below by tools/config_doc.py from the schema: edit the schema, not the tables -->\n"
 
 
 def _comments(cls: type) -> dict[str, str]:
@@ -110,7 +93,10 @@ def _table(cls: type, prefix: str, choices: dict[str, list[str]]) -> tuple[list[
 
 
 def render() -> str:
-    out, choices = [HEADER], _choices()
+    """docs/config.md: its introduction (kept as written) and the tables of the schema now."""
+    current = OUTPUT.read_text() if OUTPUT.is_file() else ""
+    out, choices = [current.partition(MARKER)[0] if MARKER in current else "# Configuration\n\n",
+                    MARKER], _choices()
     queue: list[tuple[str, type]] = [("", schema.schema())]
     while queue:
         name, cls = queue.pop(0)
@@ -130,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="exit 1 if docs/config.md is not current")
     args = p.parse_args(argv)
     text = render()
-    if args.check and (OUTPUT.read_text() if OUTPUT.is_file() else "") != text:
+    if args.check and OUTPUT.read_text() != text:
         print(f"error: {OUTPUT} is not current: run python tools/config_doc.py", file=sys.stderr)
         return 1
     if not args.check:

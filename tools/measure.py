@@ -11,7 +11,6 @@ PNGs. A setting's projection: each pass's samples (fixed by the protocol) over t
 rate and the loader's; start-up and per-task overheads are not included."""
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -41,13 +40,6 @@ FORMATS = {"jpeg": ((500, 375), "JPEG", "imagenet", "bilinear"),
            "png": ((32, 32), "PNG", "cifar10", "bicubic")}
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,12 +47,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="a small ViT at 32 px, few steps (CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=("fp16", "bf16", "off"), help="default fp16 (CUDA), off (CPU)")
-    p.add_argument("--batch-size", type=positive, help="default 256 (32 --small)")
-    p.add_argument("--steps", type=positive, help="timed steps (default 20, 3 --small)")
+    p.add_argument("--batch-size", type=int, help="default 256 (32 --small)")
+    p.add_argument("--steps", type=int, help="timed steps (default 20, 3 --small)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward")
-    p.add_argument("--loader-images", type=positive, help="per format (default 512, 48 --small)")
+    p.add_argument("--loader-images", type=int, help="per format (default 512, 48 --small)")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     args = p.parse_args(argv)
+    for flag in ("batch_size", "steps", "loader_images"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')}: must be >= 1")
     try:
         args.device = torch.device(args.device)
     except RuntimeError as exc:

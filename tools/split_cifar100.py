@@ -6,8 +6,6 @@ or the extracted cifar-100-python/ folder; labels are the fine labels as two dig
 class_names.tsv. Images are PNG files decoded from the pickles (no --mode: nothing to link to). The
 unpickler builds only dicts, lists, strings, numbers and numpy arrays; anything else is refused.
 """
-from __future__ import annotations
-
 import io
 import os
 import pickle

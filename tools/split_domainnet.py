@@ -7,8 +7,6 @@ official per-domain lists). Class folders are the labels as 3 digits (000), clas
 them; a file keeps its name, prefixed with "<domain>_" unless it starts with the domain. A listed
 file must be a regular file inside --src.
 """
-from __future__ import annotations
-
 import os
 import sys
 

@@ -8,8 +8,6 @@ machine: one numpy.random.Generator(PCG64(seed)) permutes each wnid's sorted fil
 order, and the first round(val_fraction * n) (at least 1, at most n - 1 when n >= 2) go to val. Images
 are regular files with an image extension; class_names.tsv comes from a README.txt ("<wnid> <name>" lines).
 """
-from __future__ import annotations
-
 import contextlib
 import os
 import re

@@ -4,8 +4,6 @@ A new method is a file here holding a :class:`splitlora.learner.Learner` subclas
 hyper-parameters in a ``Params`` dataclass, the config section ``method.<name>``) and one line
 in :data:`METHODS` (docs/extending.md walks through it).
 """
-from __future__ import annotations
-
 from ..learner import Learner
 from .inflora import InfLoRA
 from .joint import Joint

@@ -14,8 +14,6 @@ tasks' subspace is one orthonormal basis per layer, of one of two kinds (DualGPM
 M (d, k) spans it; ``retain``, F (d, k) spans its complement (used once the old subspace holds
 more than half the dimension). Either way ``project_free(C)`` = (I - M M^T) C = F F^T C.
 """
-from __future__ import annotations
-
 import logging
 import math
 from dataclasses import dataclass
@@ -37,8 +35,7 @@ KINDS = (REMOVE, RETAIN)
 
 def threshold_schedule(task: int, num_tasks: int, lamb: float, lame: float) -> float:
     """DualGPM energy threshold after task ``task`` (0-based) of ``num_tasks``:
-    ``lamb + (lame - lamb) * task / num_tasks`` (lamb after the first task, rising toward lame).
-    """
+    ``lamb + (lame - lamb) * task / num_tasks`` (lamb after the first task, rising to lame)."""
     if num_tasks < 1 or not 0 <= task < num_tasks:
         raise ValueError(f"task {task} is not in 0..{num_tasks - 1}")
     return lamb + (lame - lamb) * task / num_tasks
@@ -195,9 +192,7 @@ class InfLoRAParams(MethodParams):
 
 class InfLoRA(Learner):
     """A of every task designed from the task's own inputs, outside the old tasks' subspace.
-
-    State: per block an orthonormal basis (float32, CPU) and its kind, as DualGPM keeps them.
-    """
+    State: per block an orthonormal basis (float32, CPU) and its kind, as DualGPM keeps them."""
 
     Params = InfLoRAParams
 

@@ -16,8 +16,6 @@ width of the adapted layer, r = LoRA rank, n = tasks learned so far:
 The paper's ablations: ``threshold`` freezes a fixed share of the spectrum instead of step 2's
 rule; ``random_a`` draws A in the whole space.
 """
-from __future__ import annotations
-
 import logging
 import math
 from dataclasses import dataclass

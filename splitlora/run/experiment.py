@@ -5,7 +5,6 @@ commit, weights, timings) and checkpoint.pt (for an exact resume). Under torchru
 and the covariance pass read disjoint unpadded shards: the all-reduced sums equal the
 single-process ones, and only rank 0 writes.
 """
-import difflib
 import json
 import logging
 import os
@@ -131,11 +130,8 @@ def check_demo_backbone(cfg: Config, path: Optional[Path]) -> None:
             recorded = (f.metadata() or {}).get(RECIPE_KEY)
     except Exception:  # noqa: BLE001 - not safetensors: create_backbone reports what is wrong
         recorded = None
-    if recorded is None:
-        log.warning("the demo backbone %s records no pretraining recipe (older, or not the "
-                    "demo's): it cannot be checked; delete it to pretrain again", path)
-    elif recorded != demo_recipe(cfg):
-        old, new = json.loads(recorded), json.loads(demo_recipe(cfg))
+    if recorded != demo_recipe(cfg):  # (None: not a demo backbone file)
+        old, new = json.loads(recorded or "{}"), json.loads(demo_recipe(cfg))
         diff = [f"{section}.{k}: {old.get(section, {}).get(k)!r} -> {v!r}"
                 for section, keys in new.items() for k, v in keys.items()
                 if old.get(section, {}).get(k) != v]
@@ -199,10 +195,6 @@ def resolve_device(name: str, dist_info: DistInfo = DistInfo()) -> torch.device:
 
 def check_model(cfg: Config) -> None:
     """The model name, its arguments and a cached demo backbone, before any data is read."""
-    if not timm.is_model(cfg.model.name):
-        close = difflib.get_close_matches(cfg.model.name, timm.list_models(), n=3, cutoff=0.6)
-        raise ConfigError(f"config key 'model.name' = {cfg.model.name!r} is not a timm model"
-                          + (f"; did you mean {', '.join(close)}?" if close else ""))
     check_backbone(cfg.model.name, cfg.model.img_size, cfg.model.kwargs)  # a ViT with fused qkv
     if cfg.demo_pretrain.enabled:
         check_demo_backbone(cfg, weights_path(cfg))
@@ -244,12 +236,9 @@ def environment(device: torch.device) -> dict:
             "git_commit": (commit + ("-dirty" if dirty else "")) or None}
 
 
-def peak_rss_gib() -> Optional[float]:
-    """Peak resident memory of this process so far, GiB (None where the platform lacks it)."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far, GiB."""
+    import resource
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB elsewhere
     return kib / 2**30 if sys.platform == "darwin" else kib / 2**20
 
@@ -313,8 +302,7 @@ class Experiment:
                                    progress=self.progress)
         self.env = dict(environment(self.device), world_size=self.dist.world_size,
                         weights=weights_info(cfg, backbone),
-                        data_loading=dict(self.workers, cache=cfg.dataset.cache,
-                                          normalize_on_device=self.bench.normalize is not None))
+                        data_loading=dict(self.workers, cache=cfg.dataset.cache))
 
     def state_dict(self) -> dict:
         """What a resumed run needs to continue exactly after the last completed task."""
@@ -359,8 +347,8 @@ class Experiment:
         cfg, classes = self.cfg, self.tasks[task]
         plain = data_pass and plain
         ds = self.bench.task_dataset("train", classes, task * len(classes),
-                                     self.bench.transform("eval", uint8=True) if plain else None,
-                                     skip_bad=cfg.dataset.skip_bad_images, uint8=True,
+                                     self.bench.eval_transform if plain else None,
+                                     skip_bad=cfg.dataset.skip_bad_images,
                                      images=self.image_cache.for_classes(self.bench.train, classes))
         if not plain:
             ds = Repeated(ds, cfg.train.expand_times)
@@ -375,7 +363,7 @@ class Experiment:
     def val_batches(self, task: int):
         classes = self.tasks[task]
         ds = self.bench.task_dataset("val", classes, task * len(classes),
-                                     skip_bad=self.cfg.dataset.skip_bad_images, uint8=True)
+                                     skip_bad=self.cfg.dataset.skip_bad_images)
         batch, sampler = self.cfg.eval.batch_size, None
         if self.dist.enabled:
             batch, sampler = max(1, batch // self.dist.world_size), shard_indices(ds, self.dist)
@@ -432,8 +420,7 @@ class Experiment:
         self.env.update(end_time=utc_now() if end else None, timing=dict(self.timing),
                         peak_gpu_mem_gib=(torch.cuda.max_memory_allocated(self.device) / 2**30
                                           if self.device.type == "cuda" else None))
-        rss = [v for v in (peak_rss_gib(), self.env.get("peak_rss_gib")) if v is not None]
-        self.env["peak_rss_gib"] = max(rss) if rss else None  # over the sessions of a run
+        self.env["peak_rss_gib"] = max(peak_rss_gib(), self.env.get("peak_rss_gib") or 0.0)
         write_json_atomic(self.run_dir.path / "env.json", self.env)
 
     def start(self, changes: list[str]) -> None:

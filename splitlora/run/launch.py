@@ -94,14 +94,14 @@ def update_states(plan: list[Run], queued: dict[str, str], slurm: Optional[Path]
             continue
         code, job = last_exit(run.out_dir), jobs.get(str(run.out_dir))
         job_log = slurm / job / f"{job}_0_log.out" if job else None
+        text = job_log.read_text(errors="replace") if job_log and job_log.is_file() else ""
         if is_running(run.out_dir):
             run.status = "running"
         elif str(run.out_dir) in queued:
             run.status, run.detail = "queued", f"Slurm job {queued[str(run.out_dir)]}"
         elif code not in (None, 0, 130, -signal.SIGTERM, 128 + signal.SIGTERM):
             run.status, run.detail = "failed", f"exit {code}; see {run.out_dir / 'console.txt'}"
-        elif code is None and job_log and "Traceback" in (
-                job_log.read_text(errors="replace") if job_log.is_file() else ""):
+        elif NOT_REQUEUED in text or code is None and "Traceback" in text:
             run.status, run.detail = "failed", f"Slurm job {job} failed; see {job_log}"
         elif code is not None or read_config(run.out_dir / "config.yaml") is not None:
             run.status = "stopped"
@@ -198,6 +198,9 @@ def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional
     return stopped_by
 
 
+NOT_REQUEUED = "not requeued:"
+
+
 class MainJob:
     """A Slurm job's body: one ``main.py`` command. :meth:`checkpoint` (time limit, preemption)
     requeues it unless three attempts in a row completed no task; a failed run raises."""
@@ -237,7 +240,7 @@ class MainJob:
         import submitit
         idle = 0 if self._tasks_done(run_dir) > self.tasks_at_start else self.idle_attempts + 1
         if idle >= 3:
-            print(f"not requeued: three attempts in a row completed no task of {run_dir} (is the "
+            print(f"{NOT_REQUEUED} three attempts in a row completed no task of {run_dir} (is the "
                   "time limit shorter than one task?)", file=sys.stderr, flush=True)
             return None
         return submitit.helpers.DelayedSubmission(MainJob(idle), command, run_dir)

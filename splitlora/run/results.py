@@ -75,10 +75,8 @@ def collect_rows(plan: Iterable[tuple[str, str, int, Path, dict]]) -> list[Row]:
                         "seed counts once)", run_dir, run_seed, setting, method)
             continue
         env = read_json(Path(run_dir) / "env.json")
-        one_task = metrics.get("num_tasks") == 1 or len(metrics.get("acc_matrix") or []) == 1
         row.seeds.append(run_seed)
-        row.runs.append(dict(metrics, forgetting=None if one_task else metrics.get("forgetting"),
-                             wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
+        row.runs.append(dict(metrics, wall_seconds=(env.get("timing") or {}).get("wall_seconds"),
                              **{k: env.get(k) for k in ("peak_gpu_mem_gib", "peak_rss_gib")}))
     return list(rows.values())
 

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from datasets import BadSample, loading, skipping_collate
-from datasets.normalize import Uint8Normalize
+from datasets.transforms import Uint8Normalize
 from tests.helpers import DEVICES, main_inprocess, noise_image, read_metrics, sets, tiny_overrides
 
 

@@ -8,7 +8,7 @@ import torch
 
 from datasets import transforms as tf
 from datasets.cache import DecodedImages
-from datasets.normalize import Uint8Normalize
+from datasets.transforms import Uint8Normalize
 from tests.helpers import DEVICES, mixed_image_folder
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

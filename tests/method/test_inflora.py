@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from splitlora.covariance import CovarianceAccumulator, covariance_pass
 from splitlora.methods.inflora import (REMOVE, RETAIN, design_A, first_basis, old_dims,
                                        project_free, threshold_schedule, update_basis)
-from splitlora.run.errors import ConfigError
+from splitlora.run.fileio import ConfigError
 from tests.fault_injection import injected
 from tests.helpers import (loader, main_inprocess, make_config, make_learner, make_task, sets,
                            synthetic, task_of, tiny_overrides)

@@ -242,7 +242,7 @@ def test_one_seed_has_no_spread_and_undefined_forgetting_is_a_dash(tmp_path):
     _fake_run(runs / "a" / "seed0", 0, 80.0, 90.0, 4.0, rss=0.75)
     _fake_run(runs / "b" / "seed0", 0, 70.0, 85.0, 6.0)
     _fake_run(runs / "b" / "seed1", 1, 74.0, 87.0, 8.0)
-    _fake_run(runs / "joint" / "seed0", 0, 95.0, 95.0, 0.0, num_tasks=1)  # one task: 0.0 means none
+    _fake_run(runs / "joint" / "seed0", 0, 95.0, 95.0, None, num_tasks=1)  # one task: undefined
     plan = [("s", "a", 0, runs / "a" / "seed0", {}),
             ("s", "b", 0, runs / "b" / "seed0", {}), ("s", "b", 1, runs / "b" / "seed1", {}),
             ("s", "b", 1, runs / "b" / "seed1", {}),  # listed twice: counted once
@@ -527,13 +527,20 @@ def test_gpu_indices_count_within_the_callers_cuda_visible_devices(tmp_path, mon
 
 def test_summarize_names_done_missing_running_and_failed_runs(reproduced, tmp_path):
     work, data, _ = reproduced
-    args = ("--suite", "compare", "--only", "cifar100_10", "--data-root", str(data), "--gpus",
-            "cpu", "--output", str(work / "results"), *_tiny_sets())
+    args = ("--suite", "compare", "--only", "cifar100_10", "--seeds", "0", "1", "--data-root",
+            str(data), "--gpus", "cpu", "--output", str(work / "results"), *_tiny_sets())
     runs = work / "results" / "runs" / "cifar100_10"
     failed = runs / "seq_lora" / "seed0"  # a session that ended with an error
     failed.mkdir(parents=True)
     (failed / "console.txt").write_text("error: something went wrong\n"
                                         "[reproduce] main.py exited with status 2\n")
+    gave_up = runs / "seq_lora" / "seed1"  # a Slurm job not requeued after idle attempts
+    gave_up.mkdir(parents=True)
+    (gave_up / "console.txt").write_text("[reproduce] main.py exited with status 130\n")
+    job_log = work / "results" / "slurm" / "7_1" / "7_1_0_log.out"
+    job_log.parent.mkdir(parents=True)
+    job_log.write_text("not requeued: three attempts in a row completed no task\n")
+    (job_log.parents[1] / "jobs.json").write_text(json.dumps({str(gave_up): "7_1"}))
     held = runs / "joint" / "seed0"  # a live process holds its lock
     held.mkdir(parents=True)
     import fcntl
@@ -545,10 +552,12 @@ def test_summarize_names_done_missing_running_and_failed_runs(reproduced, tmp_pa
               if ln.split()[:1] in (["missing"], ["running"], ["failed"], ["stopped"])}
     assert states["cifar100_10/seq_lora/seed0"].startswith("failed")
     assert str(failed / "console.txt") in states["cifar100_10/seq_lora/seed0"]
+    assert states["cifar100_10/seq_lora/seed1"].startswith("failed")
+    assert str(job_log) in states["cifar100_10/seq_lora/seed1"]
     assert states["cifar100_10/joint/seed0"].startswith("running")
     assert states["cifar100_10/inflora/seed0"].startswith("missing")
     assert "cifar100_10/splitlora/seed0" not in states  # done: in the table
-    assert "| cifar100_10 | splitlora | 0 |" in proc.stdout
+    assert "| cifar100_10 | splitlora |" in proc.stdout
     assert (work / "results" / "compare.md").exists()
 
 

@@ -13,7 +13,7 @@ from splitlora.methods import METHODS
 from splitlora.run.cli import default_output
 from splitlora.run.config import (RESUMABLE_KEYS, config_warnings, dump_yaml, flatten,
                                   load_config, schema, to_dict)
-from splitlora.run.errors import ConfigError
+from splitlora.run.fileio import ConfigError
 from tests.helpers import CONFIGS, DEMO, make_config, method_names
 
 # ------------------------------------------------------------------------------ the schema

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splitlora.run.experiment import DistInfo, per_rank_batch, shard_indices
-from splitlora.run.errors import ConfigError
+from splitlora.run.fileio import ConfigError
 from tests.helpers import (HANG_GUARD_S, NEEDS_CUDA, TWO_GPUS, main_inprocess, popen_main,
                            read_metrics, sets, synthetic, tiny_overrides)
 

@@ -165,7 +165,7 @@ def test_a_run_on_the_device(tmp_path, device):
         "--output", "run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     env = json.loads((tmp_path / "run" / "env.json").read_text())
-    assert env["device"].startswith(device) and env["data_loading"]["normalize_on_device"]
+    assert env["device"].startswith(device) and "cache" in env["data_loading"]
     if device == "cuda":
         assert env["gpu"] and env["peak_gpu_mem_gib"] > 0
     m = read_metrics(tmp_path / "run")

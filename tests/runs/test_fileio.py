@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from splitlora.run.errors import WriteError
+from splitlora.run.fileio import WriteError
 from splitlora.run.fileio import (atomic_write_bytes, check_output_dir, open_append_no_follow,
                                   read_json, read_regular_file)
 

@@ -148,7 +148,7 @@ def test_identical_demo_weights_give_identical_files(tmp_path):
 
 def test_a_cached_demo_backbone_of_another_recipe_is_refused(tmp_path):
     from splitlora.run.config import load_config
-    from splitlora.run.errors import ConfigError
+    from splitlora.run.fileio import ConfigError
     from splitlora.run.experiment import check_demo_backbone, demo_recipe, save_backbone
     from tests.helpers import DEMO
     path = tmp_path / "b.safetensors"
