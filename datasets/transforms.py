@@ -76,13 +76,11 @@ class Uint8Normalize:
         self._on: dict[torch.device, Tensor] = {}
 
     def __call__(self, images: Tensor) -> Tensor:
-        """(B, C, H, W) or (C, H, W) uint8 -> float32 of the same shape, on the same device."""
+        """(B, 3, H, W) or (3, H, W) uint8 (RGB: ``folder.to_rgb``) -> float32 of the same shape,
+        on the same device."""
         if images.dtype != torch.uint8:
             raise TypeError(f"Uint8Normalize expects a uint8 batch, got {images.dtype}")
         channels = images.shape[-3]
-        if channels != self.table.shape[0]:
-            raise ValueError(f"expected {self.table.shape[0]} channels, got shape "
-                             f"{tuple(images.shape)}")
         if images.device not in self._on:
             self._on[images.device] = self.table.to(images.device).reshape(-1)
         offsets = torch.arange(channels, device=images.device, dtype=torch.int32) * 256

@@ -44,6 +44,13 @@ class LoRAQKV(nn.Module):
         i = SLICES.index(target)
         return slice(i * self.width, (i + 1) * self.width)
 
+    def delta_weight(self) -> Tensor:
+        """(3w, d) update of the fused weight implied by the current adapter."""
+        dw = torch.zeros_like(self.base_layer.weight)
+        for i, t in enumerate(self.targets):
+            dw[self.slice_rows(t)] = self.lora_B[i] @ self.lora_A[i]
+        return dw
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
         if not self.active:  # no adapter: finished tasks live in the base weight

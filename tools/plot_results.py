@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out
     try:
+        if (parent := next(d for d in (out, *out.parents) if d.exists())).is_file():
+            raise SystemExit(f"--out {out} {'is' if parent == out else f'lies under {parent}, which is'} a file")
         try:
             import matplotlib  # noqa: F401
         except ImportError:

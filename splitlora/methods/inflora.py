@@ -28,8 +28,7 @@ from ..learner import Learner, MethodParams, Task, require
 
 log = logging.getLogger(__name__)
 
-REMOVE = "remove"
-RETAIN = "retain"
+REMOVE, RETAIN = "remove", "retain"  # the two kinds of basis (module docstring)
 KINDS = (REMOVE, RETAIN)
 
 
@@ -61,8 +60,7 @@ def project_free(cov: Tensor, basis: Optional[Tensor], kind: str = REMOVE) -> Te
     return c - proj if kind == REMOVE else proj
 
 
-def design_A(cov: Tensor, rank: int, basis: Optional[Tensor] = None,
-             kind: str = REMOVE) -> Tensor:
+def design_A(cov: Tensor, rank: int, basis: Optional[Tensor] = None, kind: str = REMOVE) -> Tensor:
     """InfLoRA's (r, d) float32 A for the next task: the top-``rank`` left singular vectors of
     its projected second moment (``cov``, collected before training it), as rows, / sqrt(3):
     orthogonal rows of norm 1 / sqrt(3), orthogonal to the old subspace where the projected
@@ -121,8 +119,7 @@ def update_basis(cov: Tensor, basis: Tensor, kind: str,
     e = project_free(c, b, kind)
     u, s, _ = torch.linalg.svd(e, full_matrices=False)
     ratios = ((s * s) / total).tolist()
-    limit = _numerical_rank(s, d)
-    n = 0
+    limit, n = _numerical_rank(s, d), 0
     if kind == REMOVE:
         captured = (total - float((s * s).sum())) / total
         for ratio in ratios[:limit]:

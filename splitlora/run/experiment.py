@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from datasets import (Benchmark, Repeated, SyntheticImageSet, TaskDataset, build_benchmark,
-                      loading)
+from datasets import Benchmark, Repeated, SyntheticImageSet, TaskDataset, build_benchmark, loading
 from datasets import transforms as tf
 from datasets.cache import TaskImageCache
 from datasets.loading import make_loader

@@ -12,14 +12,6 @@ from models import ContinualViT, LoRAQKV, inject_lora
 from tests.helpers import DEVICES, tiny_vit
 
 
-def delta_weight(wrap: LoRAQKV) -> torch.Tensor:
-    """(3w, d) update of the fused qkv weight implied by the wrapper's current adapter."""
-    dw = torch.zeros_like(wrap.base_layer.weight)
-    for i, t in enumerate(wrap.targets):
-        dw[wrap.slice_rows(t)] = wrap.lora_B[i] @ wrap.lora_A[i]
-    return dw
-
-
 def _set_fused(model: nn.Module, fused: bool) -> None:
     for block in model.blocks:
         block.attn.fused_attn = fused
@@ -90,7 +82,7 @@ def test_update_lands_on_the_target_slices_only(targets):
     for s in ("q", "k", "v"):
         if s not in targets:
             assert delta[..., wrap.slice_rows(s)].abs().max() == 0
-    assert torch.allclose(delta_weight(wrap), torch.cat(
+    assert torch.allclose(wrap.delta_weight(), torch.cat(
         [(wrap.lora_B[targets.index(s)] @ wrap.lora_A[targets.index(s)]) if s in targets
          else torch.zeros(8, 8) for s in ("q", "k", "v")]), atol=1e-6)
 
@@ -126,7 +118,7 @@ def test_merge_accumulates_tasks_in_the_base_weight():
         wrap.set_adapter(torch.randn_like(wrap.lora_A))
         with torch.no_grad():
             wrap.lora_B.normal_()
-        deltas.append(delta_weight(wrap).clone())
+        deltas.append(wrap.delta_weight().clone())
         wrap.merge()
     assert torch.allclose(wrap.base_layer.weight, w0 + sum(deltas), atol=1e-5)
 
@@ -160,7 +152,7 @@ def test_merged_forward_equals_old_deltas_applied_separately(fused):
             a.set_adapter(torch.randn_like(a.lora_A) * 0.1)
             with torch.no_grad():
                 a.lora_B.normal_(0, 0.1)
-            deltas[i].append(delta_weight(a).detach().clone())
+            deltas[i].append(a.delta_weight().detach().clone())
             a.merge()
     for block, ds in zip(reference.blocks, deltas):
         block.attn.qkv = _SeparateDeltas(block.attn.qkv, ds)
