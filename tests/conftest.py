@@ -36,10 +36,6 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# Re-exported for the test files not yet moved under the new layout (test_plots.py,
-# test_reproduce.py import them from here).
-from tests.helpers import (HANG_GUARD_S, REPO, TINY_VIT, main_inprocess, run_main,  # noqa: E402,F401
-                           tiny_overrides, tiny_vit)
 from tests.helpers import DemoRuns  # noqa: E402
 
 

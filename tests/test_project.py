@@ -152,10 +152,6 @@ def test_config_reference_is_generated_from_the_schema_and_current():
 
 # ------------------------------------------------------------------------------ the suite
 
-OTHERS = {"test_reproduce.py", "test_plots.py", "test_tools_cifar100.py",
-          "test_tools_imagenet_r.py", "test_tools_domainnet.py", "test_tools_hostile.py"}
-
-
 def test_test_files_have_unique_names_and_import_no_other_test_module():
     """pytest's default import mode needs unique basenames; shared code lives in
     tests/helpers.py, never in a test module."""
@@ -164,8 +160,6 @@ def test_test_files_have_unique_names_and_import_no_other_test_module():
     assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
     offenders = {}
     for path in tests:
-        if path.name in OTHERS:
-            continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and (
                     node.module.split(".")[-1].startswith("test_")

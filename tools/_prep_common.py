@@ -22,7 +22,7 @@ from splitlora.run.fileio import atomic_replace, atomic_write_text  # noqa: E402
 SPLITS, MODES = ("train", "val"), ("symlink", "hardlink", "copy")
 INFO_NAME, NAMES_NAME, TMP_SUFFIX = "prepare_info.json", "class_names.tsv", ".prep-tmp"
 TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, zlib.error)
-# datasets/folder.py's (importing it imports torch); tests/test_tools_imagenet_r.py checks that they agree
+# datasets/folder.py's (importing it imports torch); tests/tools/test_split_imagenet_r.py checks that they agree
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 _KINDS = {stat.S_IFREG: "a regular file", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link",
           stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",

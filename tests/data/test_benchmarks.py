@@ -13,7 +13,7 @@ from torchvision.transforms import InterpolationMode
 
 from datasets import BENCHMARKS, DataError, build_benchmark, class_order, split_tasks
 from splitlora.run.fileio import ConfigError
-from tests import tools_fixtures as tf
+from tests import helpers as fab
 from tests.helpers import REPO, main_inprocess, make_config, sets, tiny_overrides
 
 
@@ -22,7 +22,7 @@ def _folder_root(root: Path, classes: list[str], per_split: int = 2, val_classes
         for c in names:
             (root / split / c).mkdir(parents=True, exist_ok=True)
             for i in range(per_split):
-                tf.tiny_jpeg(root / split / c / f"{i}.jpg", hash((split, c, i)) % 1000)
+                fab.tiny_jpeg(root / split / c / f"{i}.jpg", hash((split, c, i)) % 1000)
     return root
 
 
@@ -145,10 +145,10 @@ def _fabricate_domainnet(root: Path) -> tuple[Path, Path, Path]:
             d.mkdir(parents=True)
             for j in range(2):
                 name = f"{domain}_{label:03d}_{j:06d}.jpg"
-                tf.tiny_jpeg(d / name, label * 10 + j)
+                fab.tiny_jpeg(d / name, label * 10 + j)
                 (train if j == 0 else val).append(f"{domain}/class_{label}/{name} {label}")
-    return (root / "domainnet", tf.write_lines(root / "train.txt", train),
-            tf.write_lines(root / "val.txt", val))
+    return (root / "domainnet", fab.write_lines(root / "train.txt", train),
+            fab.write_lines(root / "val.txt", val))
 
 
 @pytest.mark.parametrize("bench_name, config", [
@@ -158,15 +158,15 @@ def test_main_trains_on_each_tools_output(tmp_path, bench_name, config):
     raw, dst = tmp_path / "raw", tmp_path / bench_name
     raw.mkdir()
     if bench_name == "cifar100":
-        cifar = tf.make_cifar100(raw, num_classes=100, train_per_class=2, test_per_class=1)
-        proc = tf.run_tool("split_cifar100.py", "--src", cifar.targz, "--dst", dst)
+        cifar = fab.make_cifar100(raw, num_classes=100, train_per_class=2, test_per_class=1)
+        proc = fab.run_tool("split_cifar100.py", "--src", cifar.targz, "--dst", dst)
     elif bench_name == "imagenet_r":
         classes = {f"n{i:08d}": (f"class{i}", 3) for i in range(200)}
-        folder, _ = tf.make_imagenet_r(raw, classes)
-        proc = tf.run_tool("split_imagenet_r.py", "--src", folder, "--dst", dst)
+        folder, _ = fab.make_imagenet_r(raw, classes)
+        proc = fab.run_tool("split_imagenet_r.py", "--src", folder, "--dst", dst)
     else:
         src, tr, va = _fabricate_domainnet(raw)
-        proc = tf.run_tool("split_domainnet.py", "--src", src, "--dst", dst,
+        proc = fab.run_tool("split_domainnet.py", "--src", src, "--dst", dst,
                            "--train-list", tr, "--val-list", va)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "run"

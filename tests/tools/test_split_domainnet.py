@@ -3,38 +3,36 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import tools_fixtures as tf  # noqa: E402
+from tests import helpers as fab
 
 SCRIPT = "split_domainnet.py"
 
 
 @pytest.fixture(scope="module")
-def dn(tmp_path_factory: pytest.TempPathFactory) -> tf.DomainNet:
+def dn(tmp_path_factory: pytest.TempPathFactory) -> fab.DomainNet:
     """Shared DomainNet tree and lists -- never written by the tests."""
-    return tf.make_domainnet(tmp_path_factory.mktemp("dn") / "domainnet")
+    return fab.make_domainnet(tmp_path_factory.mktemp("dn") / "domainnet")
 
 
-def test_subset_lists(dn: tf.DomainNet, tmp_path: Path) -> None:
-    before = tf.snapshot(dn.root.parent)
+def test_subset_lists(dn: fab.DomainNet, tmp_path: Path) -> None:
+    before = fab.lstat_snapshot(dn.root.parent)
     dst = tmp_path / "out"
-    r = tf.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", dn.subset_train, "--val-list", dn.subset_val)
+    r = fab.run_tool(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", dn.subset_train, "--val-list", dn.subset_val)
     assert r.returncode == 0, r.stderr
-    t = tf.tree(dst)
+    t = fab.prepared_tree(dst)
     assert list(t["train"]) == ["000", "001", "002"] == list(t["val"])
-    per = len(tf.DN_DOMAINS)
+    per = len(fab.DN_DOMAINS)
     assert all(len(v) == 3 * per for v in t["train"].values()) and all(len(v) == 2 * per for v in t["val"].values())
     assert (dst / "class_names.tsv").read_text() == "000\tpickup_truck\n001\tcat\n002\tzebra\n"
     # label 1 = cat: file names keep the domain prefix or get one (quickdraw's bare numbers)
-    ci = tf.DN_CLASSES.index("cat")
+    ci = fab.DN_CLASSES.index("cat")
     assert f"clipart_{ci + 1:03d}_000000.jpg" in t["train"]["001"]
-    qd = tf.dn_file_name("quickdraw", ci, 0)
+    qd = fab.dn_file_name("quickdraw", ci, 0)
     assert f"quickdraw_{qd}" in t["train"]["001"]
     link = dst / "train" / "001" / f"quickdraw_{qd}"
     assert link.is_symlink() and os.readlink(link) == str(dn.root / "quickdraw" / "cat" / qd)
@@ -42,28 +40,28 @@ def test_subset_lists(dn: tf.DomainNet, tmp_path: Path) -> None:
     assert info["tool"] == "split_domainnet" and info["num_classes"] == 3
     assert info["images"] == {"train": 9 * per, "val": 6 * per} and info["mode"] == "symlink"
     assert "classes:     3" in r.stdout and f"train:       {9 * per} images" in r.stdout
-    assert tf.snapshot(dn.root.parent) == before
+    assert fab.lstat_snapshot(dn.root.parent) == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
 
 
-def test_official_per_domain_lists_are_concatenated(dn: tf.DomainNet, tmp_path: Path) -> None:
+def test_official_per_domain_lists_are_concatenated(dn: fab.DomainNet, tmp_path: Path) -> None:
     dst = tmp_path / "out"
-    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", *dn.official_train, "--val-list", *dn.official_test)
+    r = fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--train-list", *dn.official_train, "--val-list", *dn.official_test)
     assert r.returncode == 0, r.stderr
-    t = tf.tree(dst)
-    folders = [f"{i:03d}" for i in range(len(tf.DN_CLASSES))]
+    t = fab.prepared_tree(dst)
+    folders = [f"{i:03d}" for i in range(len(fab.DN_CLASSES))]
     assert list(t["train"]) == folders == list(t["val"])
-    n_dom = len(tf.DN_DOMAINS)
-    assert tf.count(dst, "train") == 3 * n_dom * len(folders) and tf.count(dst, "val") == 2 * n_dom * len(folders)
-    assert (dst / "class_names.tsv").read_text() == "".join(f"{i:03d}\t{c}\n" for i, c in enumerate(tf.DN_CLASSES))
+    n_dom = len(fab.DN_DOMAINS)
+    assert fab.count(dst, "train") == 3 * n_dom * len(folders) and fab.count(dst, "val") == 2 * n_dom * len(folders)
+    assert (dst / "class_names.tsv").read_text() == "".join(f"{i:03d}\t{c}\n" for i, c in enumerate(fab.DN_CLASSES))
     for name in t["val"]["004"]:  # zebra, every domain present, names unique
-        assert name.split("_")[0] in tf.DN_DOMAINS
+        assert name.split("_")[0] in fab.DN_DOMAINS
 
 
 @pytest.mark.parametrize("mode", ["symlink", "hardlink", "copy"])
-def test_modes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
+def test_modes(dn: fab.DomainNet, tmp_path: Path, mode: str) -> None:
     dst = tmp_path / "out"
-    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", mode,
+    r = fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", mode,
                     "--train-list", dn.subset_train, "--val-list", dn.subset_val)
     assert r.returncode == 0, r.stderr
     checked = 0
@@ -81,27 +79,27 @@ def test_modes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
                 assert not out.is_symlink() and os.stat(out).st_ino != os.stat(src).st_ino
             assert out.read_bytes() == src.read_bytes()
             checked += 1
-    assert checked == tf.count(dst, "train") + tf.count(dst, "val")
+    assert checked == fab.count(dst, "train") + fab.count(dst, "val")
     assert json.loads((dst / "prepare_info.json").read_text())["mode"] == mode
 
 
 @pytest.mark.parametrize("mode", ["symlink", "copy"])
-def test_idempotent_and_resumes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> None:
+def test_idempotent_and_resumes(dn: fab.DomainNet, tmp_path: Path, mode: str) -> None:
     dst = tmp_path / "out"
     args = ["--src", dn.root, "--dst", dst, "--mode", mode, "--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_inprocess(SCRIPT, *args).returncode == 0
-    snap = tf.snapshot(dst)
-    r = tf.run_inprocess(SCRIPT, *args)
+    assert fab.run_inprocess(SCRIPT, *args).returncode == 0
+    snap = fab.lstat_snapshot(dst)
+    r = fab.run_inprocess(SCRIPT, *args)
     assert r.returncode == 0 and "already complete" in r.stdout
-    assert tf.snapshot(dst) == snap
+    assert fab.lstat_snapshot(dst) == snap
     gone = [dst / "train" / "000" / sorted(os.listdir(dst / "train" / "000"))[0],
             dst / "val" / "002" / sorted(os.listdir(dst / "val" / "002"))[-1],
             dst / "train" / "002" / sorted(os.listdir(dst / "train" / "002"))[2]]
     for p in gone + [dst / "prepare_info.json", dst / "class_names.tsv"]:
         p.unlink()
-    r = tf.run_inprocess(SCRIPT, *args)
+    r = fab.run_inprocess(SCRIPT, *args)
     assert r.returncode == 0 and "3 entries added" in r.stdout
-    after = tf.snapshot(dst)
+    after = fab.lstat_snapshot(dst)
     assert set(after) == set(snap)
     for rel in snap:
         if not os.path.isdir(dst / rel) and rel not in ("prepare_info.json", "class_names.tsv") and dst / rel not in gone:
@@ -109,55 +107,55 @@ def test_idempotent_and_resumes(dn: tf.DomainNet, tmp_path: Path, mode: str) -> 
     assert (dst / "class_names.tsv").read_text() == "000\tpickup_truck\n001\tcat\n002\tzebra\n"
 
 
-def test_existing_different_copy_is_an_error(dn: tf.DomainNet, tmp_path: Path) -> None:
+def test_existing_different_copy_is_an_error(dn: fab.DomainNet, tmp_path: Path) -> None:
     dst = tmp_path / "out"
     args = ["--src", dn.root, "--dst", dst, "--mode", "copy", "--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_inprocess(SCRIPT, *args).returncode == 0
+    assert fab.run_inprocess(SCRIPT, *args).returncode == 0
     victim = dst / "val" / "001" / sorted(os.listdir(dst / "val" / "001"))[0]
     victim.write_bytes(b"different size")
     (dst / "prepare_info.json").unlink()
-    snap = tf.snapshot(tmp_path)
-    r = tf.run_inprocess(SCRIPT, *args)
+    snap = fab.lstat_snapshot(tmp_path)
+    r = fab.run_inprocess(SCRIPT, *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert str(victim) in tf.error_text(r.stderr)
-    assert tf.snapshot(tmp_path) == snap
+    assert str(victim) in fab.error_text(r.stderr)
+    assert fab.lstat_snapshot(tmp_path) == snap
 
 
-def test_mode_change_on_a_prepared_destination_is_refused(dn: tf.DomainNet, tmp_path: Path) -> None:
+def test_mode_change_on_a_prepared_destination_is_refused(dn: fab.DomainNet, tmp_path: Path) -> None:
     """--mode copy over a destination of symlinks (with or without its prepare_info.json) and
     --mode symlink over copies are refused, nothing changed; the old mode completes it."""
     dst = tmp_path / "out"
     lists = ["--train-list", dn.subset_train, "--val-list", dn.subset_val]
-    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+    assert fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
     victim = dst / "train" / "000" / sorted(os.listdir(dst / "train" / "000"))[0]
     for evidence in ("prepare_info.json", "symbolic link"):
         if evidence == "symbolic link":
             (dst / "prepare_info.json").unlink()
             victim.unlink()  # an interrupted run: one entry and the info file missing
-        snap = tf.snapshot(tmp_path)
-        r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", "copy", *lists)
+        snap = fab.lstat_snapshot(tmp_path)
+        r = fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, "--mode", "copy", *lists)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-        msg = tf.error_text(r.stderr)
+        msg = fab.error_text(r.stderr)
         for w in ("--mode symlink", "--mode copy", evidence, "new --dst"):
             assert w in msg, (w, msg)
-        assert tf.snapshot(tmp_path) == snap
-    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
+        assert fab.lstat_snapshot(tmp_path) == snap
+    assert fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", dst, *lists).returncode == 0
     assert victim.is_symlink() and json.loads((dst / "prepare_info.json").read_text())["mode"] == "symlink"
     copies = tmp_path / "copies"
-    assert tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, "--mode", "copy", *lists).returncode == 0
+    assert fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, "--mode", "copy", *lists).returncode == 0
     (copies / "prepare_info.json").unlink()
-    r = tf.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, *lists)
+    r = fab.run_inprocess(SCRIPT, "--src", dn.root, "--dst", copies, *lists)
     assert r.returncode == 2 and "--mode copy" in r.stderr and "separate copy" in r.stderr
 
 
 # ---------------------------------------------------------------------------- bad inputs
 def _pair(t: Path, train: list[str], val: list[str] | None = None) -> list[object]:
-    val = val if val is not None else ["real/zebra/" + tf.dn_file_name("real", 4, 4) + " 2"]
-    return ["--train-list", tf.write_lines(t / "train.txt", train), "--val-list", tf.write_lines(t / "val.txt", val)]
+    val = val if val is not None else ["real/zebra/" + fab.dn_file_name("real", 4, 4) + " 2"]
+    return ["--train-list", fab.write_lines(t / "train.txt", train), "--val-list", fab.write_lines(t / "val.txt", val)]
 
 
 def _ok(domain: str, cls: str, j: int, label: int) -> str:
-    return f"{domain}/{cls}/{tf.dn_file_name(domain, tf.DN_CLASSES.index(cls), j)} {label}"
+    return f"{domain}/{cls}/{fab.dn_file_name(domain, fab.DN_CLASSES.index(cls), j)} {label}"
 
 
 def _no_domains(t: Path) -> Path:
@@ -165,7 +163,7 @@ def _no_domains(t: Path) -> Path:
     return t / "root"
 
 
-def _colliding(t: Path, dn: tf.DomainNet) -> Path:
+def _colliding(t: Path, dn: fab.DomainNet) -> Path:
     root = t / "collide"
     (root / "clipart" / "cat").mkdir(parents=True)
     (root / "clipart" / "cat" / "clipart_7.jpg").write_bytes(b"a")
@@ -218,35 +216,35 @@ BAD = {  # id -> (args builder (tmp, dn) -> [...], expected words)
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_inputs(dn: tf.DomainNet, tmp_path: Path, case: str) -> None:
+def test_bad_inputs(dn: fab.DomainNet, tmp_path: Path, case: str) -> None:
     build, words = BAD[case]
     args = build(tmp_path, dn)
-    before_tmp, before_src = tf.snapshot(tmp_path), tf.snapshot(dn.root.parent)
-    r = tf.run_inprocess(SCRIPT, *args)
+    before_tmp, before_src = fab.lstat_snapshot(tmp_path), fab.lstat_snapshot(dn.root.parent)
+    r = fab.run_inprocess(SCRIPT, *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
-    msg = tf.error_text(r.stderr)
+    msg = fab.error_text(r.stderr)
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     for w in words:
         assert w in msg, (w, msg)
-    assert tf.snapshot(tmp_path) == before_tmp and tf.snapshot(dn.root.parent) == before_src
+    assert fab.lstat_snapshot(tmp_path) == before_tmp and fab.lstat_snapshot(dn.root.parent) == before_src
 
 
 # ---------------------------------------------------------------------------- reference lists
-@pytest.mark.skipif(tf.reference_dir() is None, reason="set SPLITLORA_REFERENCE_SPLITS to the folder with the published split lists")
+@pytest.mark.skipif(fab.reference_dir() is None, reason="set SPLITLORA_REFERENCE_SPLITS to the folder with the published split lists")
 def test_reference_lists(tmp_path: Path) -> None:
-    ref = tf.reference_dir()
+    ref = fab.reference_dir()
     assert ref is not None
     lists = [ref / "sdomain_train.txt", ref / "sdomain_val.txt"]
-    tf.touch_listed(tmp_path / "domainnet", lists)
+    fab.touch_listed(tmp_path / "domainnet", lists)
     start = time.perf_counter()
-    r = tf.run_tool(SCRIPT, "--src", tmp_path / "domainnet", "--dst", tmp_path / "out", "--mode", "symlink",
+    r = fab.run_tool(SCRIPT, "--src", tmp_path / "domainnet", "--dst", tmp_path / "out", "--mode", "symlink",
                     "--train-list", lists[0], "--val-list", lists[1])
     elapsed = time.perf_counter() - start
     assert r.returncode == 0, r.stderr
-    t = tf.tree(tmp_path / "out")
+    t = fab.prepared_tree(tmp_path / "out")
     assert len(t["train"]) == 200 == len(t["val"])
-    assert tf.count(tmp_path / "out", "train") == 47532 and tf.count(tmp_path / "out", "val") == 20450
+    assert fab.count(tmp_path / "out", "train") == 47532 and fab.count(tmp_path / "out", "val") == 20450
     info = json.loads((tmp_path / "out" / "prepare_info.json").read_text())
     assert info["num_classes"] == 200 and info["images"] == {"train": 47532, "val": 20450}
     print(f"DomainNet reference lists: 200 classes, 47532/20450 images, tool wall time {elapsed:.1f} s")

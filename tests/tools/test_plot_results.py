@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, main_inprocess, tiny_overrides
+from tests.helpers import REPO, main_inprocess, tiny_overrides
 
 SYNTH = ["dataset.name=synthetic", "dataset.num_tasks=3",
          "dataset.synthetic={num_classes: 6, train_per_class: 8, val_per_class: 4, image_size: 16}"]
