@@ -5,8 +5,7 @@
     python main.py --config configs/imagenet_r_10.yaml --set dataset.root=/data/imagenet-r
     python main.py --config FILE --set train.epochs=3 --set method.name=seq_lora --output DIR
 
-Default run directory: runs/<name>/<method>[+KEY=VALUE per result-defining --set]/seed<seed>/.
-"""
+Default run directory: runs/<name>/<method>[+KEY=VALUE per result-defining --set]/seed<seed>/."""
 import argparse
 import signal
 import sys

@@ -10,14 +10,10 @@
     python reproduce.py --data-root /data --seeds 0 1 2 --summarize   # tables so far, states
     python reproduce.py --suite demo --cpu-jobs 2              # the demo, every method, CPU
 
-Data: DIR/cifar100, DIR/imagenet-r, DIR/domainnet (made by tools/split_*.py), each overridable.
-Each run is one main.py process in OUTPUT/runs/<setting>/[<method>/]seed<seed>/ (no <method>/
-for splitlora), its output in console.txt there; a complete run is skipped and an interrupted
-one resumes, so the same command continues a suite. Locally, one run per GPU (group) or CPU slot
-at a time; Ctrl-C, SIGTERM or SIGHUP stop them, each keeping its completed tasks. On Slurm, one
-job array (logs in OUTPUT/slurm/); a job at its time limit or preempted is requeued. Tables:
-OUTPUT/<table>.md and .csv, beside the paper's figures.
-"""
+Data: DIR/cifar100, DIR/imagenet-r, DIR/domainnet (tools/split_*.py). Each run is one main.py in
+OUTPUT/runs/<setting>/[<method>/]seed<seed>/: a complete run is skipped, an interrupted one
+resumes, so the same command continues a suite. Tables: OUTPUT/<table>.md and .csv, beside the
+paper's figures. docs/runs.md tells the rest (signals, Slurm, states)."""
 import argparse
 import re
 import shlex
@@ -297,6 +293,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             if conflicts:
                 raise UserError("these run directories hold complete results of a different "
                                 "config (use another --output):\n" + "\n".join(conflicts))
+            for link in (r.out_dir for r in plan if r.out_dir.is_symlink()):
+                raise UserError(f"the run directory {link} is a symbolic link (to "
+                                f"{link.resolve()}); the suite writes only inside {out}: remove it")
             if problems:
                 raise UserError("data roots missing or not in the expected layout; nothing was "
                                 "started:\n" + "\n".join(problems))
@@ -323,7 +322,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "finished runs are kept; run the same command again to continue "
                               "(each resumes from its last completed task)", file=sys.stderr)
                         return 128 + stopped_by
-                    md = summarize(plan, args, published)
+                    launch.update_states(plan, {}, slurm_dir)  # a run held by another process
+                    md = summarize(plan, args, published)  # may have finished meanwhile
         if args.summarize or args.launcher == "slurm":
             md = summarize(plan, args, published)
     except UserError as exc:

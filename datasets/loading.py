@@ -21,10 +21,7 @@ def usable_cpus() -> int:
 
 def processes_on_this_machine() -> int:
     """Processes of this job on this machine (torchrun's LOCAL_WORLD_SIZE, else 1)."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def resolve_workers(value: Union[int, str]) -> int:

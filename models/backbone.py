@@ -33,7 +33,8 @@ class WeightsError(ModelError):
 def file_kind(mode: int) -> str:
     return {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)",
             stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-            stat.S_IFSOCK: "a socket"}.get(stat.S_IFMT(mode), "not a regular file")
+            stat.S_IFSOCK: "a socket", stat.S_IFLNK: "a symbolic link",
+            stat.S_IFREG: "a regular file"}.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -153,12 +154,9 @@ def offline_weights_help(model_name: str) -> str:
         return (f"timm has no hub weights registered for '{model_name}'; pass a local file with "
                 "model.pretrained_file=PATH or use model.pretrained=false.")
     return (f"timm expects the file '{fname}' of https://huggingface.co/{repo}. On a machine "
-            f"with internet run `hf download {repo} {fname} --local-dir weights/` (older "
-            f"huggingface_hub: `huggingface-cli download ...`), or `python -c \"import timm; "
-            f"timm.create_model('{model_name}', pretrained=True)\"` and take {fname} from "
-            f"~/.cache/huggingface/hub/; copy it here and pass --set model.pretrained_file="
-            f"weights/{fname} (or model.pretrained=false for random weights). Set "
-            "HF_HUB_OFFLINE=1 to skip the download attempt.")
+            f"with internet run `hf download {repo} {fname} --local-dir weights/`, copy weights/ "
+            f"here and pass --set model.pretrained_file=weights/{fname} (or model.pretrained=false "
+            "for random weights); HF_HUB_OFFLINE=1 skips the download attempt.")
 
 
 def _qkv_layers(model: nn.Module) -> Optional[list[Optional[nn.Module]]]:

@@ -56,10 +56,6 @@ class ContinualViT(nn.Module):
         self.adapters: list[LoRAQKV] = inject_lora(backbone, rank, targets)
         self.heads = TaskHeads(backbone.num_features)
 
-    @property
-    def blocks(self) -> nn.ModuleList:
-        return self.backbone.blocks
-
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 

@@ -6,8 +6,7 @@ mathematics is importable from the package root::
 
     from splitlora import split_point, free_basis, init_lora_A
 
-(loaded lazily, so that importing the package does not import torch).
-"""
+(loaded lazily, so that importing the package does not import torch)."""
 import importlib
 from typing import Any
 

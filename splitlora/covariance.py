@@ -6,8 +6,7 @@ uncentred second moment of the input of ``attn.qkv`` (k and v share it) over eve
     S_l += X^T X,   n_l += #tokens,   C_l = S_l / n_l        (X: (tokens, d))
 
 never reset, so after task t, C_l covers tasks 0..t weighted by token count. The inputs are
-caught by forward pre-hooks that exist only inside :func:`collect_covariance`.
-"""
+caught by forward pre-hooks that exist only inside :func:`collect_covariance`."""
 import contextlib
 from typing import Iterable, Iterator, Optional, Sequence
 

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+NAMES = ("accuracy.png", "acc_matrix.png", "split_dims.png")  # what figures() writes
+
 
 def load_runs(dirs: list[str], labels: list[str] | None) -> list[tuple[str, dict]]:
     runs, problems = [], []
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                              "pip install -r requirements-extra.txt") from None
         runs = load_runs(args.runs, args.labels)
         out.mkdir(parents=True, exist_ok=True)
+        for odd in (p for p in map(out.joinpath, NAMES) if p.is_symlink() or p.exists() and not p.is_file()):
+            raise SystemExit(f"{odd} is a link or not a file; nothing is written through it (move it away)")
         for name, fig, tight in figures(runs):
             if tight:
                 fig.tight_layout()

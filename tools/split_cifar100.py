@@ -4,8 +4,7 @@
 The pickles train (to DST/train), test (to DST/val) and meta are read from cifar-100-python.tar.gz
 or the extracted cifar-100-python/ folder; labels are the fine labels as two digits (07), names in
 class_names.tsv. Images are PNG files decoded from the pickles (no --mode: nothing to link to). The
-unpickler builds only dicts, lists, strings, numbers and numpy arrays; anything else is refused.
-"""
+unpickler builds only dicts, lists, strings, numbers and numpy arrays; anything else is refused."""
 import io
 import os
 import pickle
@@ -22,6 +21,7 @@ from _prep_common import (  # noqa: E402
     Item, PrepError, Source, kind, materialize, open_tar, parse_args, run_main, tar_members)
 
 PICKLES = ("train", "test", "meta")
+MAX_PICKLE = 1 << 30  # the train pickle is 155 MB
 HINT = "Point --src at cifar-100-python.tar.gz or its extracted cifar-100-python/ folder (the python version)."
 
 
@@ -84,12 +84,15 @@ def load_pickles(src: Path) -> dict[str, dict]:
             if what not in (None, "a regular file"):
                 raise PrepError(f"{src / n} is {what}, not a pickle file. {HINT}")
             if what:
-                raw[n] = (str(src / n), (src / n).read_bytes())
+                with open(src / n, "rb") as f:
+                    raw[n] = (str(src / n), f.read(MAX_PICKLE + 1))
     else:
         with open_tar(src, HINT) as tar:
             for parts, m in tar_members(tar, src, HINT):  # one sequential pass: fast for .tar.gz
                 if m.isfile() and 1 <= len(parts) <= 2 and parts[-1] in PICKLES and parts[-1] not in raw:
-                    raw[parts[-1]] = (f"{src}:{m.name}", tar.extractfile(m).read())  # type: ignore[union-attr]
+                    raw[parts[-1]] = (f"{src}:{m.name}", tar.extractfile(m).read(MAX_PICKLE + 1))  # type: ignore
+    for where in (w for w, data in raw.values() if len(data) > MAX_PICKLE):
+        raise PrepError(f"{where} is over {MAX_PICKLE >> 20} MiB, not a CIFAR-100 pickle (read no further). {HINT}")
     missing = [("" if src.is_dir() else "cifar-100-python/") + n for n in PICKLES if n not in raw]
     if missing:
         near = f" Did you mean --src {src / 'cifar-100-python'}?" if (src / "cifar-100-python").is_dir() else ""

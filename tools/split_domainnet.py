@@ -5,8 +5,7 @@
 List lines are "<domain>/<class>/<file> <label>"; several lists per split are concatenated (e.g. the
 official per-domain lists). Class folders are the labels as 3 digits (000), class_names.tsv names
 them; a file keeps its name, prefixed with "<domain>_" unless it starts with the domain. A listed
-file must be a regular file inside --src.
-"""
+file must be a regular file inside --src."""
 import os
 import sys
 

@@ -6,8 +6,7 @@ through tarfile's "data" filter (copy semantics). With --train-list and --val-li
 n01443537/art_0.jpg) exactly those files are used; without, a seeded per-class split, the same on every
 machine: one numpy.random.Generator(PCG64(seed)) permutes each wnid's sorted file names, wnids in sorted
 order, and the first round(val_fraction * n) (at least 1, at most n - 1 when n >= 2) go to val. Images
-are regular files with an image extension; class_names.tsv comes from a README.txt ("<wnid> <name>" lines).
-"""
+are regular files with an image extension; class_names.tsv comes from a README.txt ("<wnid> <name>" lines)."""
 import contextlib
 import os
 import re

@@ -2,8 +2,7 @@
 
 A new method is a file here holding a :class:`splitlora.learner.Learner` subclass (its
 hyper-parameters in a ``Params`` dataclass, the config section ``method.<name>``) and one line
-in :data:`METHODS` (docs/extending.md walks through it).
-"""
+in :data:`METHODS` (docs/extending.md walks through it)."""
 from ..learner import Learner
 from .inflora import InfLoRA
 from .joint import Joint

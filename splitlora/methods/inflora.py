@@ -12,8 +12,7 @@ docs/inflora.md relates each function to the official code. d = input width of t
 layer, r = LoRA rank, C = (d, d) uncentred second moment of a task's layer inputs. The old
 tasks' subspace is one orthonormal basis per layer, of one of two kinds (DualGPM): ``remove``,
 M (d, k) spans it; ``retain``, F (d, k) spans its complement (used once the old subspace holds
-more than half the dimension). Either way ``project_free(C)`` = (I - M M^T) C = F F^T C.
-"""
+more than half the dimension). Either way ``project_free(C)`` = (I - M M^T) C = F F^T C."""
 import logging
 import math
 from dataclasses import dataclass
@@ -106,8 +105,7 @@ def update_basis(cov: Tensor, basis: Tensor, kind: str,
     (I - U_E[:, :n] U_E[:, :n]^T) F, of k - n columns.
 
     Then :func:`to_compact_kind`. n never exceeds the rank of E (a guard against rounding;
-    the official loop has none). Returns (new basis float64, new kind, n).
-    """
+    the official loop has none). Returns (new basis float64, new kind, n)."""
     c = cov.detach().to(torch.float64)
     d = c.shape[0]
     _check_basis(basis, kind, d)

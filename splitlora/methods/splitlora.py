@@ -14,8 +14,7 @@ width of the adapted layer, r = LoRA rank, n = tasks learned so far:
    after the task ``W <- W + B A`` (``LoRAQKV.merge``) and step 1 runs again.
 
 The paper's ablations: ``threshold`` freezes a fixed share of the spectrum instead of step 2's
-rule; ``random_a`` draws A in the whole space.
-"""
+rule; ``random_a`` draws A in the whole space."""
 import logging
 import math
 from dataclasses import dataclass
@@ -112,8 +111,7 @@ def init_lora_A(free_basis: Tensor, rank: int, task_index: int,
     ``A_ref`` Kaiming-uniform (only its Frobenius norm is used), ``G ~ N(0, 1)`` of shape
     (m, r), ``M = U_free G``, ``A = (M / ||M||_F * ||A_ref||_F / (t + 1))^T``; without the
     ``1 / (t + 1)`` when ``decay`` is False (the official code's earlier version).
-    ``free_basis``: (d, m) orthonormal columns.
-    """
+    ``free_basis``: (d, m) orthonormal columns."""
     if free_basis.ndim != 2 or free_basis.shape[1] < 1:
         raise ValueError(f"free_basis must be (d, m) with m >= 1, got {tuple(free_basis.shape)}")
     d, m = free_basis.shape

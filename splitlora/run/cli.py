@@ -1,8 +1,7 @@
 """The command line of ``main.py``: resolve the config and the run directory, run, log, report.
 
 Expected failures end as one ``error: ...`` line on stderr (exit 2), never a traceback. Log
-records are buffered until the run directory is known to be good, then all go to log.txt.
-"""
+records are buffered until the run directory is known to be good, then all go to log.txt."""
 import argparse
 import hashlib
 import importlib.util
@@ -110,10 +109,15 @@ class RunLogger:
         if self.cfg.log.wandb != "off":
             import wandb
             c, path = self.cfg, str(self.run_dir.resolve())
-            self.wandb = wandb.init(project=c.log.wandb_project, name=f"{c.name}/{c.method.name}/"
-                                    f"seed{c.seed}", resume="allow", mode=c.log.wandb,
-                                    id=hashlib.sha256(path.encode()).hexdigest()[:16],
-                                    dir=str(self.run_dir), config=dict(to_dict(c), run_dir=path))
+            try:
+                self.wandb = wandb.init(
+                    project=c.log.wandb_project, name=f"{c.name}/{c.method.name}/seed{c.seed}",
+                    resume="allow", mode=c.log.wandb, id=hashlib.sha256(path.encode()).hexdigest()[:16],
+                    dir=str(self.run_dir), config=dict(to_dict(c), run_dir=path))
+            except Exception as exc:  # noqa: BLE001 - no API key, no network, ...
+                raise ConfigError(f"log.wandb = {c.log.wandb}: W&B did not start ({type(exc).__name__}: "
+                                  f"{(str(exc).splitlines() or [''])[0][:200]}); log in (wandb login) "
+                                  "or use log.wandb=offline") from None
 
     def _scalars(self, values: dict, step: int) -> None:
         values = {k: v for k, v in values.items() if v is not None}  # e.g. forgetting of task 0

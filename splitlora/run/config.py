@@ -2,14 +2,14 @@
 overrides), which refuses unknown keys, wrong types, duplicate keys, YAML tags and alias bombs.
 
 The defaults *are* the published protocol (docs/protocol.md): a file in ``configs/`` states only
-what differs. Only the chosen method's section goes into ``config.yaml`` and a run's identity.
-"""
+what differs. Only the chosen method's section goes into ``config.yaml`` and a run's identity."""
 import dataclasses
 import difflib
+import itertools
 import math
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -218,7 +218,9 @@ def _sections(cls: Optional[type] = None, path: str = "") -> dict[str, type]:
 
 def _parse(text: str, what: str):
     from omegaconf import OmegaConf
-    try:
+    try:  # (a C parser's recursion would end the process before any RecursionError)
+        if max(itertools.accumulate((c in "[{") - (c in "]}") for c in text), default=0) > 500:
+            raise RecursionError
         node = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
     except RecursionError:
         raise ConfigError(f"{what} is nested too deeply to be a config") from None
@@ -359,7 +361,10 @@ def validate(cfg: Config) -> None:
     _check(kw.get("img_size", cfg.model.img_size) == cfg.model.img_size, "model.kwargs", kw,
            f"sets img_size {kw.get('img_size')!r} but model.img_size is {cfg.model.img_size} (the "
            "size images are resized to); set model.img_size instead and drop it from model.kwargs")
-    p = cfg.demo_pretrain
+    s, p = cfg.dataset.synthetic, cfg.demo_pretrain
+    images = s.num_classes * (s.train_per_class + s.val_per_class) + p.num_classes * p.train_per_class
+    _check(images * 3 * s.image_size ** 2 <= 2**33, "dataset.synthetic", asdict(s), "the synthetic "
+           "images (and the demo's pretraining images) would take over 8 GiB of memory")
     _check(p.num_classes * p.train_per_class >= p.batch_size, "demo_pretrain.batch_size",
            p.batch_size, "must be at most num_classes x train_per_class = "
            f"{p.num_classes * p.train_per_class} (the pretraining images: one full batch)")

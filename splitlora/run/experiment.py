@@ -3,8 +3,7 @@
 It writes config.yaml, log.txt, metrics.json (after every task), env.json (versions, device,
 commit, weights, timings) and checkpoint.pt (for an exact resume). Under torchrun, evaluation
 and the covariance pass read disjoint unpadded shards: the all-reduced sums equal the
-single-process ones, and only rank 0 writes.
-"""
+single-process ones, and only rank 0 writes."""
 import json
 import logging
 import os
@@ -228,7 +227,6 @@ def environment(device: torch.device) -> dict:
             "hostname": platform.node(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__,
             "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "num_gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
@@ -437,10 +435,9 @@ class Experiment:
         self.write_env()
 
     def run(self) -> dict:
-        log.info("data loading: %d train / %d eval workers, decode cache %s",
-                 *self.workers.values(), self.cfg.dataset.cache)
-        log.info("run %s: method %s, %d tasks of %d classes, device %s", self.cfg.name,
-                 self.cfg.method.name, len(self.tasks), len(self.tasks[0]), self.device)
+        log.info("run %s: method %s, %d tasks of %d classes, device %s, %d train / %d eval "
+                 "workers, decode cache %s", self.cfg.name, self.cfg.method.name, len(self.tasks),
+                 len(self.tasks[0]), self.device, *self.workers.values(), self.cfg.dataset.cache)
         for t in range(self.tracker.tasks_done(), len(self.tasks)):
             self.run_task(t)
             metrics = self.metrics()

@@ -1,8 +1,7 @@
 """Expected failures, and the files the project reads and writes, safely (no torch here).
 
 Writes are atomic (a temporary file renamed over the target: the old file or the new one,
-never a torn one) and follow no link; reads accept only regular files of bounded size.
-"""
+never a torn one) and follow no link; reads accept only regular files of bounded size."""
 import contextlib
 import errno
 import json

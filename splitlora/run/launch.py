@@ -1,8 +1,7 @@
 """Launching a suite's runs: on this machine, or on a Slurm cluster through submitit.
 
 Either way a run is one ``main.py`` command, its output appended to ``<run dir>/console.txt``
-with a last line saying how it ended. Local runs end with this process, however it ends.
-"""
+with a last line saying how it ended. Local runs end with this process, however it ends."""
 import contextlib
 import ctypes
 import errno
@@ -176,6 +175,9 @@ def run_local(plan: list[Run], slots: list[str], relay: SignalRelay) -> Optional
             if not todo or stopped_by is not None:
                 break
             run, env = todo.popleft(), dict(os.environ)
+            if is_running(run.out_dir):  # e.g. another reproduce.py on the same output
+                print(f"[running] {run.name} is held by another process; not started", flush=True)
+                continue
             if slots[i] != "cpu":
                 env["CUDA_VISIBLE_DEVICES"] = cuda_visible(slots[i])
             elif len(slots) > 1:  # share the cores between concurrent CPU runs

@@ -7,8 +7,7 @@
   ``RESUMABLE_KEYS`` may change); a checkpoint needs the same config, weights and data.
 - **Nothing lost**: atomic writes; ``--force`` moves the previous files aside; a refused run
   leaves nothing behind; no file of the run is written through a link.
-- **Untrusted files read safely**: ``torch.load(weights_only=True)``, no pickled code runs.
-"""
+- **Untrusted files read safely**: ``torch.load(weights_only=True)``, no pickled code runs."""
 import contextlib
 import errno
 import io
@@ -16,12 +15,15 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import yaml
+
+from models.backbone import file_kind
 
 from .config import RESUMABLE_KEYS, Config, config_from_dict, dump_yaml, flatten, to_dict
 from .fileio import (ConfigError, UserError, WriteError, atomic_write_bytes, atomic_write_text,
@@ -188,10 +190,12 @@ class RunDir:
             raise ConfigError(f"--resume and --force contradict each other (continue the run in "
                               f"{self.path}, or set its files aside and start again); pass one")
         check_output_dir(self.path)
-        links = [n for n in RUN_FILES + (LOCK,) if (self.path / n).is_symlink()]
-        if links:
-            raise WriteError(f"{self.path / links[0]} is a symbolic link: a write could follow it "
-                             "out of the run directory; move it away or pass another --output")
+        for name, want in [(n, stat.S_ISREG) for n in RUN_FILES + (LOCK,)] + [
+                (n, stat.S_ISDIR) for n in ("tensorboard", "wandb")]:  # what the run writes
+            mode = os.lstat(self.path / name).st_mode if os.path.lexists(self.path / name) else None
+            if mode is not None and not want(mode):
+                raise WriteError(f"{self.path / name} is {file_kind(mode)}, not what this run writes "
+                                 "there (no link is followed); move it away or pass another --output")
         if lock:
             self._lock()
         try:

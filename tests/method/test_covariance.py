@@ -15,7 +15,7 @@ def _norm1_outputs(model: ContinualViT, x: torch.Tensor) -> list[torch.Tensor]:
     """The qkv inputs of every block, captured independently of the accumulator."""
     outs: list[torch.Tensor] = []
     handles = [b.norm1.register_forward_hook(lambda m, i, o: outs.append(o.detach()))
-               for b in model.blocks]
+               for b in model.backbone.blocks]
     with torch.no_grad():
         model.features(x)
     for h in handles:
@@ -67,7 +67,7 @@ def test_k_and_v_are_split_by_one_covariance_of_their_shared_input():
     task = make_task(0, lambda: DataLoader(TensorDataset(x, torch.zeros(6)), batch_size=4))
     learner.before_task(task)
     learner.after_task(task)  # B = 0 (no training): the model is unchanged
-    assert learner.cov.num_layers == len(model.blocks) == 2
+    assert learner.cov.num_layers == len(model.backbone.blocks) == 2
     for layer, feats in enumerate(_norm1_outputs(model, x)):
         tokens = feats.reshape(-1, 32).double()
         assert torch.allclose(learner.cov.covariance(layer), tokens.T @ tokens / tokens.shape[0],

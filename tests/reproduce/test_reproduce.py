@@ -384,6 +384,17 @@ def test_demo_suite_plans_every_method_of_its_config(tmp_path):
     assert {"inflora", "joint", "seq_lora"} <= set(methods)
 
 
+def test_a_run_directory_that_is_a_link_out_of_the_output_is_refused(tmp_path):
+    (tmp_path / "foreign").mkdir()
+    link = tmp_path / "out" / "runs" / "demo" / "inflora" / "seed0"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "foreign")
+    proc = reproduce_inprocess("--suite", "demo", "--methods", "inflora", "--output", "out",
+                               cwd=tmp_path)
+    assert proc.returncode == 2 and "is a symbolic link" in proc.stderr, proc.stderr
+    assert not os.listdir(tmp_path / "foreign")
+
+
 def test_compare_suite_tabulates_every_method_beside_the_shared_splitlora_run(reproduced):
     work, _, _ = reproduced
     proc = reproduce("--suite", "compare", "--only", "imagenet_r_5", "--methods", "splitlora",

@@ -291,3 +291,17 @@ def test_the_plot_tool_refuses_an_output_it_cannot_write(tmp_path, out, words):
     proc = plot_inprocess([tmp_path / "run", "--out", tmp_path / out])
     assert_one_error(proc, *words)
     assert tree(tmp_path) == before
+
+
+
+def test_the_plot_tool_never_writes_through_a_link_in_its_output(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is optional (requirements-extra.txt)")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text('{"acc_matrix": [[50.0]], "acc_per_task": [50]}')
+    (tmp_path / "victim.txt").write_text("keep me\n")
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "acc_matrix.png").symlink_to(tmp_path / "victim.txt")
+    proc = plot_inprocess([tmp_path / "run", "--out", tmp_path / "figs"])
+    assert_one_error(proc, "acc_matrix.png", "link")
+    assert (tmp_path / "victim.txt").read_text() == "keep me\n"
+    assert sorted(os.listdir(tmp_path / "figs")) == ["acc_matrix.png"]  # nothing else written

@@ -22,10 +22,11 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     ("train: {epochs: 3}\ntrain: {epochs: 4}\n", ["duplicate key"]),
     ("model:\n  kwargs:\n    " + BOMB.replace("\n", "\n    "), ["not a valid config"]),
     ("model: {kwargs: " + "[" * 5000 + "]" * 5000 + "}\n", ["config"]),
+    ("seed: " + "[" * 30000 + "]" * 30000 + "\n", ["nested too deeply"]),  # a C parser's limit
     ("model:\n  kwargs:\n" + "".join("  " * (i + 2) + f"k{i}:\n" for i in range(3000)),
      ["config"]),
 ], ids=["python-tag", "duplicate-section", "alias-bomb-in-kwargs", "deep-flow-nesting",
-        "deep-block-nesting"])
+        "deeper-flow-nesting", "deep-block-nesting"])
 def test_a_hostile_config_file_is_one_error_line_and_nothing_runs(tmp_path, text, words):
     import resource
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -115,3 +116,27 @@ def test_a_split_that_would_freeze_every_direction_reports_what_it_kept(caplog):
     assert learner.interference[0][0] > 0
     assert "froze all" in caplog.text and "the last one is kept free" in caplog.text
     assert isinstance(learner, SplitLoRA) and torch.isfinite(learner.bases[0]).all()
+
+
+@pytest.mark.parametrize("name, make", [
+    ("checkpoint.pt", os.mkfifo), (".lock", os.mkfifo), ("checkpoint.pt", os.mkdir),
+    ("tensorboard", lambda p: os.symlink(p.parent.parent / "elsewhere", p)),
+    ("wandb", lambda p: os.symlink(p.parent.parent / "elsewhere", p))])
+def test_an_entry_of_the_run_directory_that_the_run_did_not_write_is_refused(tmp_path, name, make):
+    """A run file that is a FIFO, a folder or a link (log folders included) stops the run before
+    anything is written: no fresh start over earlier results, nothing written outside."""
+    (tmp_path / "elsewhere").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    make(run / name)
+    proc = main_inprocess(tiny_args(["log.tensorboard=true"]) + ["--output", str(run)],
+                          cwd=tmp_path)
+    assert_one_error(proc, str(run / name), "not what this run writes")
+    assert sorted(os.listdir(run)) == [name] and not os.listdir(tmp_path / "elsewhere")
+
+
+def test_synthetic_data_too_big_for_memory_is_refused_before_anything_is_made(tmp_path):
+    proc = main_inprocess(["--set", "dataset.synthetic.num_classes=1000000000", "--output",
+                           str(tmp_path / "run")], cwd=tmp_path)
+    assert_one_error(proc, "dataset.synthetic", "8 GiB")
+    assert not (tmp_path / "run").exists()

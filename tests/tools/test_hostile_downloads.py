@@ -85,6 +85,20 @@ def test_cifar_pickle_that_would_run_code_is_refused(tmp_path: Path, kind: str) 
     assert not marker.exists() and fab.lstat_snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("kind", ["folder", "targz"])
+def test_a_cifar_member_too_big_to_be_a_pickle_is_refused_unread(tmp_path: Path, kind: str,
+                                                                 monkeypatch) -> None:
+    c = fab.make_cifar100(tmp_path / "src", num_classes=3)
+    (c.folder / "train").write_bytes(bytes(4096))  # a decompression bomb, 4 KiB of it
+    src = c.folder if kind == "folder" else fab.tar_of(
+        tmp_path / "bomb.tar.gz", {f"cifar-100-python/{n}": (c.folder / n).read_bytes()
+                                   for n in ("train", "test", "meta")}, "w:gz")
+    monkeypatch.setattr(tool_module("split_cifar100"), "MAX_PICKLE", 1024)  # (1 GiB for real)
+    r = fab.run_inprocess("split_cifar100.py", "--src", src, "--dst", tmp_path / "out")
+    refused(r, "is over 0 MiB, not a CIFAR-100 pickle")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cifar_unpickler_admits_only_array_reconstruction() -> None:
     cifar = tool_module("split_cifar100")
     pc = tool_module("_prep_common")
