@@ -31,8 +31,8 @@ def test_wrapped_equals_original_at_init(fused, device):
         for a in model.adapters:  # a fresh adapter: random A, B = 0
             a.set_adapter(torch.randn_like(a.lora_A))
         assert torch.allclose(model.features(x), expected, atol=1e-6)
-    assert isinstance(model.blocks[0].attn.qkv, LoRAQKV)
-    kept = model.blocks[0].attn.qkv.base_layer  # the original Linear, kept as base layer
+    assert isinstance(model.backbone.blocks[0].attn.qkv, LoRAQKV)
+    kept = model.backbone.blocks[0].attn.qkv.base_layer  # the original Linear, kept as base layer
     assert isinstance(kept, nn.Linear) and torch.equal(kept.weight, ref.blocks[0].attn.qkv.weight)
 
 
