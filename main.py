@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run one SplitLoRA experiment from a YAML config.
 
-    python main.py                                   # the demo (configs/demo.yaml), CPU, ~40 s
+    python main.py                                   # the demo (configs/demo.yaml), CPU, ~35 s
     python main.py --config configs/imagenet_r_10.yaml --set dataset.root=/data/imagenet-r
     python main.py --config FILE --set train.epochs=3 --set method.name=seq_lora --output DIR
 
